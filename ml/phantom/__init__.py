@@ -1,0 +1,16 @@
+"""Seedable synthetic chest CT phantoms with exact nodule ground truth, and a DICOM writer.
+
+>>> from ml.phantom import PhantomConfig, generate_phantom
+>>> ph = generate_phantom(PhantomConfig.preset("tiny"), seed=1)
+>>> ph.hu.shape            # (Z, Y, X), int16 Hounsfield units
+(24, 64, 64)
+
+Pure numpy + scipy + pydicom; never imports Django.
+"""
+from .config import PRESETS, PhantomConfig
+from .generate import generate_phantom
+from .phantom import TISSUE_LABELS, Lesion, Phantom
+
+__all__ = [
+    "PRESETS", "PhantomConfig", "Phantom", "Lesion", "TISSUE_LABELS", "generate_phantom",
+]

@@ -1,0 +1,9 @@
+from .services import can_read_studies, can_upload
+
+
+def roles(request):
+    user = getattr(request, "user", None)
+    return {
+        "user_can_upload": bool(user) and can_upload(user),
+        "user_can_read": bool(user) and can_read_studies(user),
+    }

@@ -1,0 +1,66 @@
+"""Run the whole app in the foreground: gunicorn (web) and a Celery worker, supervised together.
+
+Ctrl-C (or SIGTERM) stops both; if either dies, the other is stopped and the command fails.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Start the web server (gunicorn) and a Celery worker, and keep them running."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--bind", default=os.environ.get("RADLOOP_BIND", "127.0.0.1:8000"))
+        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "3")))
+        parser.add_argument("--worker-concurrency", type=int, default=2)
+
+    def handle(self, *args, **options):
+        bin_dir = os.path.dirname(sys.executable)
+        commands = {
+            "web": [
+                os.path.join(bin_dir, "gunicorn"), "webapp.wsgi:application",
+                "--bind", options["bind"], "--workers", str(options["web_workers"]),
+                "--timeout", "600", "--graceful-timeout", "30", "--access-logfile", "-",
+            ],
+            "worker": [
+                os.path.join(bin_dir, "celery"), "-A", "workers", "worker", "-Q", "cpu,gpu",
+                "--concurrency", str(options["worker_concurrency"]), "--loglevel", "INFO",
+                "--hostname", "radloop@%h",
+            ],
+        }
+        procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        host = options["bind"]
+        self.stdout.write(self.style.SUCCESS(f"RadLoop is running at http://{host}/  (Ctrl-C to stop)"))
+        self.stdout.write(f"  broker: {settings.CELERY_BROKER_URL}   database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}")
+        exit_code = 0
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    self.stderr.write(f"{name} exited with code {proc.returncode}; stopping")
+                    exit_code = proc.returncode or 1
+                    stopping = True
+            time.sleep(0.5)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if exit_code:
+            sys.exit(exit_code)

@@ -1,0 +1,90 @@
+"""Roles, permission checks and the audit trail: written once, used by every app."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, User
+from django.db import transaction
+from django.http import HttpRequest
+
+from .models import AuditEvent, Role
+
+
+def has_role(user: AbstractBaseUser | AnonymousUser, *roles: str) -> bool:
+    """True when an active, logged-in user belongs to one of the role groups.
+
+    Superusers count as admins.
+    """
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return False
+    if user.is_superuser and Role.ADMIN in roles:
+        return True
+    names = getattr(user, "_radloop_roles", None)
+    if names is None:
+        names = set(user.groups.values_list("name", flat=True))
+        user._radloop_roles = names
+    return bool(names.intersection(roles))
+
+
+def can_upload(user) -> bool:
+    return has_role(user, Role.ADMIN)
+
+
+def can_read_studies(user) -> bool:
+    return has_role(user, Role.ADMIN, Role.RADIOLOGIST)
+
+
+def client_ip(request: HttpRequest | None) -> str | None:
+    if request is None:
+        return None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def audit(
+    actor,
+    action: str,
+    *,
+    obj: Any = None,
+    object_type: str = "",
+    object_id: str = "",
+    details: dict | None = None,
+    request: HttpRequest | None = None,
+) -> AuditEvent:
+    """Append one event to the audit log.
+
+    ``obj`` may be any model instance with an ``audit_ref()`` method returning (type, id);
+    otherwise pass ``object_type``/``object_id`` explicitly.
+    """
+    if obj is not None:
+        object_type, object_id = obj.audit_ref()
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    return AuditEvent.objects.create(
+        actor=user,
+        actor_username=user.get_username() if user else "",
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        details=details or {},
+        ip_address=client_ip(request),
+    )
+
+
+@transaction.atomic
+def ensure_user(username: str, password: str, role: str, *, email: str = "") -> tuple[User, bool]:
+    """Create (or leave alone) a user with one role. Returns (user, created).
+
+    An existing user keeps its password: running the demo set-up twice changes nothing.
+    """
+    group, _ = Group.objects.get_or_create(name=role)
+    user, created = User.objects.get_or_create(username=username, defaults={"email": email})
+    if created:
+        user.set_password(password)
+        user.is_staff = role == Role.ADMIN
+        user.save()
+    user.groups.add(group)
+    return user, created
+
+
+def ensure_role_groups() -> None:
+    for role in Role:
+        Group.objects.get_or_create(name=role.value)

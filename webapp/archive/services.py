@@ -1,0 +1,381 @@
+"""Archive workflows: the one ingest path every entry point uses, batches, series preparation.
+
+Entry points (browser upload, the ``import_dicom`` command, STOW-RS later) all call
+``ingest_stream`` / ``ingest_upload`` / ``ingest_path`` inside an ``UploadBatch`` and end with
+``finish_batch``. A file is either stored whole (file renamed into place and its rows committed in
+one transaction) or rejected with a reason and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from webapp import jobs
+from webapp.accounts.services import audit
+
+from . import zipsafe
+from .dicomfile import InvalidDicom, ParsedDicom, parse_dicom
+from .models import Instance, Series, Study, UploadBatch, UploadItem
+from .rendering import thumbnail_png
+from .storage import archive_storage
+
+log = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+# Modalities whose (non-localizer) images in one series must share one geometry. MR is left out:
+# a 3-plane localizer or a multi-orientation series is normal there.
+VOLUME_MODALITIES = {"CT"}
+GEOMETRY_FIELDS = ("rows", "columns", "pixel_spacing_row_mm", "pixel_spacing_col_mm", "image_orientation")
+Outcome = UploadItem.Outcome
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file, as the uploader sees it."""
+
+    name: str
+    outcome: str
+    reason: str = ""
+    size: int = 0
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+def start_batch(user, source: str = UploadBatch.Source.BROWSER, *, request=None) -> UploadBatch:
+    batch = UploadBatch.objects.create(created_by=user if getattr(user, "pk", None) else None, source=source)
+    audit(user, "archive.upload.started", obj=batch, details={"source": source}, request=request)
+    return batch
+
+
+def finish_batch(batch: UploadBatch, *, actor=None, request=None) -> dict:
+    """Close a batch: its series are complete, so they are queued for preparation.
+
+    Idempotent: finishing a finished batch returns the same summary and queues nothing new.
+    """
+    with transaction.atomic():
+        batch = UploadBatch.objects.select_for_update().get(pk=batch.pk)
+        newly_finished = batch.state == UploadBatch.State.OPEN
+        if newly_finished:
+            batch.state = UploadBatch.State.FINISHED
+            batch.finished_at = timezone.now()
+            batch.save(update_fields=["state", "finished_at"])
+        summary = batch_summary(batch)
+        if newly_finished:
+            audit(actor, "archive.upload.finished", obj=batch, details=summary["counts"], request=request)
+            for series_id in summary["series_ids"]:
+                jobs.enqueue_on_commit("workers.prepare_series", series_id)
+    return summary
+
+
+def batch_summary(batch: UploadBatch) -> dict:
+    items = batch.items.all()
+    counts = Counter(items.values_list("outcome", flat=True))
+    series_ids = sorted(
+        set(items.filter(series__isnull=False).values_list("series_id", flat=True))
+    )
+    studies = list(
+        Study.objects.filter(series__id__in=series_ids).distinct().values_list("study_uid", flat=True)
+    )
+    return {
+        "batch": batch.pk,
+        "state": batch.state,
+        "counts": {o.value: counts.get(o.value, 0) for o in Outcome},
+        "series_ids": series_ids,
+        "studies": studies,
+    }
+
+
+# --- ingest -------------------------------------------------------------------------------------
+
+
+def ingest_upload(batch: UploadBatch, uploaded, *, name: str = "", actor=None, request=None) -> list[FileOutcome]:
+    """One uploaded file (Django UploadedFile): a DICOM file or a zip of them."""
+    name = name or getattr(uploaded, "name", "") or "upload"
+    uploaded.seek(0)
+    if zipsafe.looks_like_zip(uploaded):
+        uploaded.seek(0)
+        return _ingest_zip(batch, uploaded, name, actor=actor, request=request)
+    uploaded.seek(0)
+    return [ingest_stream(batch, name, uploaded, actor=actor, request=request)]
+
+
+def ingest_path(batch: UploadBatch, path: Path, *, actor=None) -> list[FileOutcome]:
+    """A file, a zip, or a folder (walked recursively, in sorted order)."""
+    path = Path(path)
+    if path.is_dir():
+        outcomes: list[FileOutcome] = []
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            outcomes.extend(ingest_path(batch, child, actor=actor))
+        return outcomes
+    with open(path, "rb") as fp:
+        if zipsafe.looks_like_zip(fp):
+            fp.seek(0)
+            return _ingest_zip(batch, fp, str(path), actor=actor)
+        fp.seek(0)
+        return [ingest_stream(batch, str(path), fp, actor=actor)]
+
+
+def _ingest_zip(batch, fp: BinaryIO, name: str, *, actor=None, request=None) -> list[FileOutcome]:
+    try:
+        entries = zipsafe.open_entries(
+            fp,
+            max_total_bytes=settings.ARCHIVE_MAX_ZIP_BYTES,
+            max_entries=settings.ARCHIVE_MAX_ZIP_ENTRIES,
+            max_ratio=settings.ARCHIVE_MAX_ZIP_RATIO,
+        )
+    except zipsafe.UnsafeZip as exc:
+        return [_record(batch, FileOutcome(name, Outcome.REJECTED, str(exc)), actor, request)]
+    outcomes = []
+    for entry in entries:
+        entry_name = f"{name}/{entry.name}"
+        if entry.skip_reason:
+            kind = Outcome.REJECTED if entry.unsafe else Outcome.SKIPPED
+            outcomes.append(_record(batch, FileOutcome(entry_name, kind, entry.skip_reason, entry.size), actor, request))
+            continue
+        with entry.open() as stream:
+            outcomes.append(ingest_stream(batch, entry_name, stream, actor=actor, request=request))
+    return outcomes
+
+
+def ingest_stream(batch: UploadBatch, name: str, stream: BinaryIO, *, actor=None, request=None) -> FileOutcome:
+    """Validate and store one DICOM file read from ``stream``; record and return the outcome."""
+    storage = archive_storage()
+    fd, tmp_path = storage.incoming_file()
+    try:
+        with os.fdopen(fd, "w+b") as tmp:
+            size, sha256 = _spool(stream, tmp, settings.ARCHIVE_MAX_FILE_BYTES)
+            tmp.flush()
+            parsed = parse_dicom(tmp, size)
+        outcome = _store(parsed, tmp_path, name, size, sha256)
+    except InvalidDicom as exc:
+        spooled = os.path.getsize(tmp_path) if os.path.exists(tmp_path) else 0
+        outcome = FileOutcome(name, Outcome.REJECTED, str(exc), spooled)
+    finally:
+        Path(tmp_path).unlink(missing_ok=True)  # gone already when stored
+    return _record(batch, outcome, actor, request)
+
+
+def _spool(stream: BinaryIO, out: BinaryIO, limit: int) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    while chunk := stream.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise InvalidDicom(f"file is larger than the limit of {limit // (1024 * 1024)} MB")
+        digest.update(chunk)
+        out.write(chunk)
+    return size, digest.hexdigest()
+
+
+def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str) -> FileOutcome:
+    def outcome(kind, reason=""):
+        return FileOutcome(name, kind, reason, size, parsed.study_uid, parsed.series_uid, parsed.sop_uid)
+
+    existing = Instance.objects.filter(sop_uid=parsed.sop_uid).values_list("sha256", flat=True).first()
+    if existing is not None:
+        return _duplicate_or_conflict(existing, sha256, outcome)
+    relpath = f"{parsed.study_uid}/{parsed.series_uid}/{parsed.sop_uid}.dcm"
+    storage = archive_storage()
+    placed = False
+    try:
+        with transaction.atomic():
+            study, study_created = _study_for(parsed)
+            series = _series_for(study, parsed)
+            Instance.objects.create(
+                series=series,
+                sop_uid=parsed.sop_uid,
+                sop_class_uid=parsed.sop_class_uid,
+                rows=parsed.rows,
+                columns=parsed.columns,
+                bits_allocated=parsed.bits_allocated,
+                number_of_frames=parsed.number_of_frames,
+                transfer_syntax_uid=parsed.transfer_syntax_uid,
+                pixel_data_offset=parsed.pixel_data_offset,
+                pixel_data_length=parsed.pixel_data_length,
+                file_path=relpath,
+                file_size=size,
+                sha256=sha256,
+                **parsed.instance,
+            )
+            if study_created:
+                audit(None, "archive.study.created", obj=study, details={"patient_id": study.patient_id})
+            # Last step: the file appears with its rows. Our uncommitted row holds the unique SOP UID,
+            # so no other request can own this path while we may still have to remove it.
+            placed = True
+            storage.commit_incoming(tmp_path, relpath)
+    except IntegrityError:
+        # Another request stored the same instance between our check and our insert (the insert
+        # fails before our file is placed, so the other request's file is left alone).
+        existing = Instance.objects.filter(sop_uid=parsed.sop_uid).values_list("sha256", flat=True).first()
+        if existing is None:
+            raise
+        return _duplicate_or_conflict(existing, sha256, outcome)
+    except BaseException:
+        if placed:
+            storage.delete(relpath)
+        raise
+    return outcome(Outcome.STORED)
+
+
+def _duplicate_or_conflict(existing_sha: str, sha256: str, outcome) -> FileOutcome:
+    if existing_sha == sha256:
+        return outcome(Outcome.DUPLICATE, "identical instance already stored")
+    return outcome(
+        Outcome.REJECTED,
+        "an instance with this SOP Instance UID is already stored with different content",
+    )
+
+
+def _study_for(parsed: ParsedDicom) -> tuple[Study, bool]:
+    study, created = Study.objects.get_or_create(study_uid=parsed.study_uid, defaults=parsed.study)
+    new_patient = parsed.study["patient_id"]
+    if not created and study.patient_id and new_patient and study.patient_id != new_patient:
+        raise InvalidDicom(
+            f"study {parsed.study_uid} is stored for patient ID {study.patient_id!r} "
+            f"but this file says {new_patient!r}"
+        )
+    return study, created
+
+
+def _series_for(study: Study, parsed: ParsedDicom) -> Series:
+    series, created = Series.objects.get_or_create(
+        series_uid=parsed.series_uid, defaults={"study": study, **parsed.series}
+    )
+    if created:
+        return series
+    if series.study_id != study.pk:
+        raise InvalidDicom(f"series {parsed.series_uid} already belongs to another study")
+    if series.modality != parsed.series["modality"]:
+        raise InvalidDicom(
+            f"inconsistent series: modality {parsed.series['modality']!r}, the series is {series.modality!r}"
+        )
+    if series.modality in VOLUME_MODALITIES and not parsed.is_localizer:
+        has_volume_images = series.instances.exclude(image_type__icontains="LOCALIZER").exists()
+        if not has_volume_images:
+            # The series so far holds only localizers: its geometry comes from this first slice.
+            for field in GEOMETRY_FIELDS:
+                setattr(series, field, parsed.series[field])
+            series.save(update_fields=[*GEOMETRY_FIELDS, "updated_at"])
+        else:
+            problems = _geometry_conflicts(series, parsed.series)
+            if problems:
+                raise InvalidDicom("inconsistent series geometry: " + "; ".join(problems))
+    return series
+
+
+def _geometry_conflicts(series: Series, new: dict) -> list[str]:
+    problems = []
+    if (series.rows, series.columns) != (new["rows"], new["columns"]):
+        problems.append(f"matrix {new['rows']}×{new['columns']}, the series is {series.rows}×{series.columns}")
+    for field, label in (("pixel_spacing_row_mm", "row spacing"), ("pixel_spacing_col_mm", "column spacing")):
+        a, b = getattr(series, field), new[field]
+        if a is not None and b is not None and abs(a - b) > 1e-3:
+            problems.append(f"{label} {b} mm, the series has {a} mm")
+    a, b = series.image_orientation, new["image_orientation"]
+    if a and b and max(abs(x - y) for x, y in zip(a, b)) > 1e-3:
+        problems.append("a different ImageOrientationPatient")
+    return problems
+
+
+def _record(batch: UploadBatch | None, outcome: FileOutcome, actor, request) -> FileOutcome:
+    if actor is None and batch is not None:
+        actor = batch.created_by
+    if batch is not None:
+        series_id = None
+        if outcome.outcome in (Outcome.STORED, Outcome.DUPLICATE):
+            series_id = Series.objects.filter(series_uid=outcome.series_uid).values_list("id", flat=True).first()
+        UploadItem.objects.create(
+            batch=batch,
+            name=outcome.name[:1024],
+            size=outcome.size,
+            outcome=outcome.outcome,
+            reason=outcome.reason,
+            series_id=series_id,
+            instance=Instance.objects.filter(sop_uid=outcome.sop_uid).first() if series_id else None,
+        )
+    if outcome.outcome == Outcome.REJECTED:
+        log.info("rejected %s: %s", outcome.name, outcome.reason)
+        audit(
+            actor,
+            "archive.upload.file_rejected",
+            object_type="upload",
+            object_id=str(batch.pk) if batch else "",
+            details={"file": outcome.name[:500], "reason": outcome.reason},
+            request=request,
+        )
+    return outcome
+
+
+# --- series preparation -------------------------------------------------------------------------
+
+
+def prepare_series(series_id: int) -> Series:
+    """Measure the series geometry from its instances and render its thumbnail. Safe to repeat."""
+    series = Series.objects.select_related("study").get(pk=series_id)
+    instances = list(series.instances.all())
+    if not instances:
+        return series
+    ordered, spacing, notes = sort_along_normal(instances)
+    middle = ordered[len(ordered) // 2]
+    storage = archive_storage()
+    png = thumbnail_png(storage.path(middle.file_path))
+    thumb_name = f"thumbnails/{series.series_uid}.png"
+    storage.save(thumb_name, ContentFile(png))
+    Series.objects.filter(pk=series.pk).update(
+        slice_spacing_mm=spacing,
+        geometry_notes="\n".join(notes),
+        thumbnail=thumb_name,
+        prepared_at=timezone.now(),
+    )
+    series.refresh_from_db()
+    return series
+
+
+def sort_along_normal(instances: Iterable[Instance]) -> tuple[list[Instance], float | None, list[str]]:
+    """Instances sorted by position along the slice normal, the median spacing (mm), and notes.
+
+    Falls back to InstanceNumber when positions or orientation are missing.
+    """
+    instances = list(instances)
+    notes: list[str] = []
+    with_pos = [i for i in instances if i.position_z_mm is not None and i.image_orientation]
+    if len(with_pos) != len(instances) or not instances:
+        notes.append("no ImagePositionPatient/ImageOrientationPatient on every image: ordered by InstanceNumber")
+        return sorted(instances, key=lambda i: (i.instance_number or 0, i.pk)), None, notes
+    iop = np.asarray(with_pos[0].image_orientation, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    distance = {
+        i.pk: float(np.dot(normal, [i.position_x_mm, i.position_y_mm, i.position_z_mm])) for i in instances
+    }
+    ordered = sorted(instances, key=lambda i: (distance[i.pk], i.instance_number or 0))
+    if len(ordered) < 2:
+        return ordered, None, notes
+    steps = np.diff([distance[i.pk] for i in ordered])
+    duplicates = int(np.sum(steps < 1e-3))
+    moving = steps[steps >= 1e-3]
+    spacing = float(np.median(moving)) if moving.size else None
+    if duplicates:
+        notes.append(f"{duplicates} image(s) share a position with another image")
+    if spacing:
+        gaps = int(np.sum(moving > 1.5 * spacing))
+        if gaps:
+            notes.append(f"{gaps} gap(s) larger than 1.5× the slice spacing of {spacing:.3g} mm")
+        if not np.allclose(moving, spacing, rtol=0.05, atol=0.01):
+            notes.append("slice spacing is not uniform")
+    return ordered, spacing, notes

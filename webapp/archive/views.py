@@ -1,0 +1,147 @@
+"""Case browser, study page, thumbnails and the upload page with its JSON API."""
+from __future__ import annotations
+
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
+from django.http import FileResponse, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.utils.http import quote_etag
+from django.views.decorators.http import require_GET, require_POST
+
+from webapp.accounts.decorators import role_required
+from webapp.accounts.models import Role
+from webapp.accounts.services import audit
+
+from . import services
+from .access import get_batch_for_user, get_series_for_user, get_study_for_user, studies_for_user
+from .forms import StudyFilterForm
+from .models import Series
+from .storage import archive_storage
+
+PAGE_SIZE = 25
+
+
+@require_GET
+def study_list(request):
+    studies = studies_for_user(request.user)
+    form = StudyFilterForm(request.GET or None)
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["q"]:
+            q = data["q"].strip()
+            studies = studies.filter(
+                Q(patient_id__icontains=q) | Q(patient_name__icontains=q) | Q(accession_number__iexact=q)
+            )
+        if data["date_from"]:
+            studies = studies.filter(study_date__gte=data["date_from"])
+        if data["date_to"]:
+            studies = studies.filter(study_date__lte=data["date_to"])
+        if data["modality"]:
+            studies = studies.filter(series__modality__iexact=data["modality"]).distinct()
+        if data["review_status"]:
+            studies = studies.filter(review_status=data["review_status"])
+        if data["ai_status"]:
+            studies = studies.filter(ai_status=data["ai_status"])
+        sort = data["sort"] or "-study_date"
+    else:
+        sort = "-study_date"
+    studies = studies.order_by(sort, "-created_at", "pk")
+    page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+    modalities = _modalities_by_study([s.pk for s in page])
+    for study in page:
+        study.modalities = modalities.get(study.pk, [])
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "archive/study_list.html",
+        {"form": form, "page": page, "query": query.urlencode(), "total": page.paginator.count},
+    )
+
+
+def _modalities_by_study(study_ids: list[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    rows = Series.objects.filter(study_id__in=study_ids).values_list("study_id", "modality").distinct()
+    for study_id, modality in rows:
+        out.setdefault(study_id, []).append(modality)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+@require_GET
+def study_detail(request, study_uid: str):
+    study = get_study_for_user(request.user, study_uid)
+    audit(request.user, "archive.study.viewed", obj=study, request=request)
+    series = study.series.order_by("series_number", "pk").annotate(num_instances=Count("instances"))
+    return render(request, "archive/study_detail.html", {"study": study, "series_list": series})
+
+
+@require_GET
+def series_thumbnail(request, series_uid: str):
+    series = get_series_for_user(request.user, series_uid)
+    if not series.thumbnail:
+        series = services.prepare_series(series.pk)  # not prepared yet: render now, keep it
+    if not series.thumbnail:
+        return HttpResponse(status=404)
+    etag = quote_etag(f"{series.series_uid}-{series.prepared_at.timestamp() if series.prepared_at else 0}")
+    if request.headers.get("If-None-Match") == etag:
+        return HttpResponse(status=304, headers={"ETag": etag})
+    response = FileResponse(archive_storage().open(series.thumbnail, "rb"), content_type="image/png")
+    response["ETag"] = etag
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+# --- upload -------------------------------------------------------------------------------------
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def upload_page(request):
+    return render(request, "archive/upload.html")
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def upload_batch_create(request):
+    batch = services.start_batch(request.user, request=request)
+    return JsonResponse({"batch": batch.pk}, status=201)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def upload_batch_files(request, batch_id: int):
+    batch = get_batch_for_user(request.user, batch_id)
+    if batch.state != batch.State.OPEN:
+        return JsonResponse({"error": "This upload is already finished; start a new one."}, status=409)
+    files = request.FILES.getlist("files")
+    if not files:
+        return JsonResponse({"error": "No files in the request (form field 'files')."}, status=400)
+    # Browsers send the relative path (folder uploads) beside each file; Django keeps basenames only.
+    paths = request.POST.getlist("paths")
+    outcomes = []
+    for index, uploaded in enumerate(files):
+        name = paths[index].strip()[:1024] if len(paths) == len(files) else ""
+        outcomes.extend(
+            services.ingest_upload(batch, uploaded, name=name or uploaded.name, actor=request.user, request=request)
+        )
+    return JsonResponse({"results": [o.as_dict() for o in outcomes]})
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def upload_batch_finish(request, batch_id: int):
+    batch = get_batch_for_user(request.user, batch_id)
+    summary = services.finish_batch(batch, actor=request.user, request=request)
+    return JsonResponse(summary)
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def upload_batch_detail(request, batch_id: int):
+    batch = get_batch_for_user(request.user, batch_id)
+    items = batch.items.all()
+    return render(
+        request,
+        "archive/upload_detail.html",
+        {"batch": batch, "items": items, "summary": services.batch_summary(batch)},
+    )

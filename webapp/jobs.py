@@ -1,0 +1,26 @@
+"""The one place the web app enqueues background work: by task name, after the commit.
+
+``webapp`` never imports ``workers``; tasks are addressed by their registered names, and routing
+to queues (cpu / gpu) lives in the Celery configuration.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from webapp.celery_app import app
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(task_name: str, *args, **kwargs) -> str:
+    """Send now. Returns the task id."""
+    result = app.send_task(task_name, args=args, kwargs=kwargs)
+    log.info("queued %s%r as %s", task_name, args, result.id)
+    return result.id
+
+
+def enqueue_on_commit(task_name: str, *args, **kwargs) -> None:
+    """Send once the current transaction commits (a rolled-back change queues nothing)."""
+    transaction.on_commit(lambda: enqueue(task_name, *args, **kwargs))

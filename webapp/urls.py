@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="archive:study_list"), name="home"),
+    path("", include("webapp.accounts.urls")),
+    path("", include("webapp.archive.urls")),
+    path("django-admin/", admin.site.urls),
+]
