@@ -142,9 +142,11 @@ async function upload(files) {
   $('status-line').textContent = `Done: ${c.stored} stored, ${c.duplicate} duplicate, ${c.rejected} rejected, ${c.skipped} skipped.`;
   const links = $('study-links');
   links.textContent = '';
-  for (const uid of summary.studies) {
+  for (const st of summary.studies) {
     const a = document.createElement('a');
-    a.href = STUDY_URL.replace('__UID__', uid); a.textContent = `Open study ${uid}`; a.className = 'button';
+    a.href = STUDY_URL.replace('__UID__', st.study_uid);
+    a.textContent = `Open ${st.patient || '(no name)'} · ${st.patient_id || '—'} · ${st.study_date || 'no date'}`;
+    a.title = st.description; a.className = 'button study-link';
     links.appendChild(a);
   }
   document.body.dataset.uploadDone = '1';

@@ -60,7 +60,10 @@ def test_an_admin_uploads_a_series_and_sees_each_outcome(admin_client, cast, dja
     assert [r["outcome"] for r in again.json()["results"]] == ["duplicate", "stored"]
     summary = finish.json()
     assert summary["counts"] == {"stored": 3, "duplicate": 1, "rejected": 1, "skipped": 0}
-    assert summary["studies"] == [Study.objects.get().study_uid]
+    assert summary["studies"] == [{
+        "study_uid": Study.objects.get().study_uid, "patient": "Doe, Jane", "patient_id": "PAT-1",
+        "study_date": "2026-01-02", "description": "CT CHEST",
+    }]
     assert queued == [("workers.prepare_series", (Study.objects.get().series.get().pk,))]
     assert Instance.objects.count() == 3
     assert AuditEvent.objects.filter(action="archive.upload.finished", actor=cast.admin).count() == 1

@@ -90,9 +90,16 @@ def batch_summary(batch: UploadBatch) -> dict:
     series_ids = sorted(
         set(items.filter(series__isnull=False).values_list("series_id", flat=True))
     )
-    studies = list(
-        Study.objects.filter(series__id__in=series_ids).distinct().values_list("study_uid", flat=True)
-    )
+    studies = [
+        {
+            "study_uid": study.study_uid,
+            "patient": study.patient_display_name,
+            "patient_id": study.patient_id,
+            "study_date": study.study_date.isoformat() if study.study_date else "",
+            "description": study.description,
+        }
+        for study in Study.objects.filter(series__id__in=series_ids).distinct().order_by("pk")
+    ]
     return {
         "batch": batch.pk,
         "state": batch.state,

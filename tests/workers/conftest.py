@@ -1,0 +1,78 @@
+"""A real Celery worker process on the real Redis broker, against the test database."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def clean_broker():
+    if not settings.REDIS_URL:
+        pytest.fail("worker tests need REDIS_URL (the README's test command sets it)")
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    yield settings.REDIS_URL
+
+
+@pytest.fixture
+def worker_env(tmp_path, clean_broker, transactional_db):
+    """Environment for a worker process that sees this test's database and archive."""
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        REDIS_URL=clean_broker,
+        MEDIA_ROOT=str(tmp_path),
+        RADLOOP_VAR_DIR=str(tmp_path / "var"),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def start_worker(worker_env, tmp_path):
+    """Start `celery -A workers worker` processes; all are stopped at the end of the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start(queues: str = "cpu,gpu", name: str = "w1") -> subprocess.Popen:
+        log = open(tmp_path / f"worker-{name}.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queues, "--concurrency", "1",
+             "--loglevel", "INFO", "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        proc.log_path = tmp_path / f"worker-{name}.log"
+        procs.append(proc)
+        wait_for(lambda: b"ready." in proc.log_path.read_bytes() or proc.poll() is not None, 60, what="worker start")
+        if proc.poll() is not None:
+            raise AssertionError("worker died at start:\n" + proc.log_path.read_text())
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
