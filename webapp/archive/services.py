@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
@@ -50,9 +50,14 @@ class FileOutcome:
     study_uid: str = ""
     series_uid: str = ""
     sop_uid: str = ""
+    series_id: int | None = field(default=None, repr=False)
+    instance_id: int | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The uploader's view: names, outcome, reason and UIDs (no database ids)."""
+        data = asdict(self)
+        del data["series_id"], data["instance_id"]
+        return data
 
 
 # --- batches ------------------------------------------------------------------------------------
@@ -169,6 +174,7 @@ def ingest_stream(batch: UploadBatch, name: str, stream: BinaryIO, *, actor=None
         with os.fdopen(fd, "w+b") as tmp:
             size, sha256 = _spool(stream, tmp, settings.ARCHIVE_MAX_FILE_BYTES)
             tmp.flush()
+            os.fsync(tmp.fileno())  # on disk before its rows commit: no empty file after a power cut
             parsed = parse_dicom(tmp, size)
         outcome = _store(parsed, tmp_path, name, size, sha256)
     except InvalidDicom as exc:
@@ -191,10 +197,12 @@ def _spool(stream: BinaryIO, out: BinaryIO, limit: int) -> tuple[int, str]:
 
 
 def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str) -> FileOutcome:
-    def outcome(kind, reason=""):
-        return FileOutcome(name, kind, reason, size, parsed.study_uid, parsed.series_uid, parsed.sop_uid)
+    def outcome(kind, reason="", series_id=None, instance_id=None):
+        return FileOutcome(
+            name, kind, reason, size, parsed.study_uid, parsed.series_uid, parsed.sop_uid, series_id, instance_id
+        )
 
-    existing = Instance.objects.filter(sop_uid=parsed.sop_uid).values_list("sha256", flat=True).first()
+    existing = Instance.objects.filter(sop_uid=parsed.sop_uid).values_list("sha256", "series_id", "pk").first()
     if existing is not None:
         return _duplicate_or_conflict(existing, sha256, outcome)
     relpath = f"{parsed.study_uid}/{parsed.series_uid}/{parsed.sop_uid}.dcm"
@@ -204,7 +212,7 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
         with transaction.atomic():
             study, study_created = _study_for(parsed)
             series = _series_for(study, parsed)
-            Instance.objects.create(
+            instance = Instance.objects.create(
                 series=series,
                 sop_uid=parsed.sop_uid,
                 sop_class_uid=parsed.sop_class_uid,
@@ -229,7 +237,7 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
     except IntegrityError:
         # Another request stored the same instance between our check and our insert (the insert
         # fails before our file is placed, so the other request's file is left alone).
-        existing = Instance.objects.filter(sop_uid=parsed.sop_uid).values_list("sha256", flat=True).first()
+        existing = Instance.objects.filter(sop_uid=parsed.sop_uid).values_list("sha256", "series_id", "pk").first()
         if existing is None:
             raise
         return _duplicate_or_conflict(existing, sha256, outcome)
@@ -237,12 +245,13 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
         if placed:
             storage.delete(relpath)
         raise
-    return outcome(Outcome.STORED)
+    return outcome(Outcome.STORED, series_id=series.pk, instance_id=instance.pk)
 
 
-def _duplicate_or_conflict(existing_sha: str, sha256: str, outcome) -> FileOutcome:
+def _duplicate_or_conflict(existing: tuple[str, int, int], sha256: str, outcome) -> FileOutcome:
+    existing_sha, series_id, instance_id = existing
     if existing_sha == sha256:
-        return outcome(Outcome.DUPLICATE, "identical instance already stored")
+        return outcome(Outcome.DUPLICATE, "identical instance already stored", series_id, instance_id)
     return outcome(
         Outcome.REJECTED,
         "an instance with this SOP Instance UID is already stored with different content",
@@ -273,16 +282,14 @@ def _series_for(study: Study, parsed: ParsedDicom) -> Series:
             f"inconsistent series: modality {parsed.series['modality']!r}, the series is {series.modality!r}"
         )
     if series.modality in VOLUME_MODALITIES and not parsed.is_localizer:
-        has_volume_images = series.instances.exclude(image_type__icontains="LOCALIZER").exists()
-        if not has_volume_images:
+        problems = _geometry_conflicts(series, parsed.series)
+        if problems and series.instances.exclude(image_type__icontains="LOCALIZER").exists():
+            raise InvalidDicom("inconsistent series geometry: " + "; ".join(problems))
+        if problems:
             # The series so far holds only localizers: its geometry comes from this first slice.
             for field in GEOMETRY_FIELDS:
                 setattr(series, field, parsed.series[field])
             series.save(update_fields=[*GEOMETRY_FIELDS, "updated_at"])
-        else:
-            problems = _geometry_conflicts(series, parsed.series)
-            if problems:
-                raise InvalidDicom("inconsistent series geometry: " + "; ".join(problems))
     return series
 
 
@@ -304,17 +311,14 @@ def _record(batch: UploadBatch | None, outcome: FileOutcome, actor, request) -> 
     if actor is None and batch is not None:
         actor = batch.created_by
     if batch is not None:
-        series_id = None
-        if outcome.outcome in (Outcome.STORED, Outcome.DUPLICATE):
-            series_id = Series.objects.filter(series_uid=outcome.series_uid).values_list("id", flat=True).first()
         UploadItem.objects.create(
             batch=batch,
             name=outcome.name[:1024],
             size=outcome.size,
             outcome=outcome.outcome,
             reason=outcome.reason,
-            series_id=series_id,
-            instance=Instance.objects.filter(sop_uid=outcome.sop_uid).first() if series_id else None,
+            series_id=outcome.series_id,
+            instance_id=outcome.instance_id,
         )
     if outcome.outcome == Outcome.REJECTED:
         log.info("rejected %s: %s", outcome.name, outcome.reason)
