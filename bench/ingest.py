@@ -131,7 +131,29 @@ class Client:
         return {"Content-Type": content_type, "X-CSRFToken": self.csrf(), "Referer": self.base + "/"}
 
 
-def via_http(paths: list[Path], parallel: int, per_request: int) -> float:
+def peak_rss_mb(master_pid: int) -> float:
+    """Largest peak resident memory (VmHWM) among the gunicorn master's worker processes."""
+    peak = 0
+    for stat in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in stat.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(master_pid) and "VmHWM" in fields:
+            peak = max(peak, int(fields["VmHWM"].split()[0]))
+    return peak / 1024
+
+
+def zip_of(paths: list[Path], target: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for p in paths:
+            zf.write(p, f"study/{p.name}")
+    return target
+
+
+def via_http(paths: list[Path], parallel: int, per_request: int, stats: dict) -> float:
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "webapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
@@ -156,7 +178,8 @@ def via_http(paths: list[Path], parallel: int, per_request: int) -> float:
         summary = client.post(f"/upload/batches/{batch}/finish")
         elapsed = time.perf_counter() - start
         stored = sum(r["outcome"] == "stored" for res in results for r in res["results"])
-        assert stored == len(paths), summary
+        assert stored == summary["counts"]["stored"], summary
+        stats["peak_rss_mb"] = peak_rss_mb(server.pid)
         return elapsed
     finally:
         server.terminate()
@@ -182,12 +205,19 @@ def main() -> None:
         rows = [("raw floor (pydicom read, best of 3)", min(raw_floor(paths) for _ in range(3)))]
         rows.append(("ingest service", via_service(paths)))
         wipe_archive()
-        rows.append((f"HTTP upload ({args.per_request}/request, {args.http_parallel} parallel)",
-                     via_http(paths, args.http_parallel, args.per_request)))
+        files_stats: dict = {}
+        rows.append((f"HTTP upload ({args.per_request} files/request, {args.http_parallel} parallel)",
+                     via_http(paths, args.http_parallel, args.per_request, files_stats)))
+        wipe_archive()
+        archive = zip_of(paths, workdir / "study.zip")
+        zip_stats: dict = {}
+        rows.append((f"HTTP upload (one {archive.stat().st_size / 2**20:.0f} MB zip)", via_http([archive], 1, 1, zip_stats)))
         floor = rows[0][1]
-        print(f"\n{'path':<42} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} {'x floor time':>13}")
+        print(f"\n{'path':<46} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} {'x floor time':>13}")
         for name, seconds in rows:
-            print(f"{name:<42} {seconds:8.2f} {len(paths) / seconds:8.0f} {megabytes / seconds:7.1f} {seconds / floor:13.1f}")
+            print(f"{name:<46} {seconds:8.2f} {len(paths) / seconds:8.0f} {megabytes / seconds:7.1f} {seconds / floor:13.1f}")
+        print(f"\npeak RSS of a web worker: {files_stats['peak_rss_mb']:.0f} MB (file batches), "
+              f"{zip_stats['peak_rss_mb']:.0f} MB (zip of {megabytes:.0f} MB): uploads stream, they are not buffered")
 
 
 if __name__ == "__main__":

@@ -168,8 +168,6 @@ ARCHIVE_MAX_FILE_BYTES = envint("ARCHIVE_MAX_FILE_BYTES", 1024 * 1024 * 1024)  #
 ARCHIVE_MAX_ZIP_BYTES = envint("ARCHIVE_MAX_ZIP_BYTES", 8 * 1024 * 1024 * 1024)  # unpacked total
 ARCHIVE_MAX_ZIP_ENTRIES = envint("ARCHIVE_MAX_ZIP_ENTRIES", 50_000)
 ARCHIVE_MAX_ZIP_RATIO = envint("ARCHIVE_MAX_ZIP_RATIO", 200)  # uncompressed / compressed
-# A series counts as complete when no instance arrived for this long (STOW-RS, import).
-SERIES_QUIET_SECONDS = envint("SERIES_QUIET_SECONDS", 10)
 
 # --- Celery ---------------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", "")
