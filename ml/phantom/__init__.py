@@ -8,9 +8,12 @@
 Pure numpy + scipy + pydicom; never imports Django.
 """
 from .config import PRESETS, PhantomConfig
+from .dicom_io import read_dicom_series, write_dicom_series
 from .generate import generate_phantom
+from .ground_truth import GroundTruth, load_ground_truth, write_ground_truth
 from .phantom import TISSUE_LABELS, Lesion, Phantom
 
 __all__ = [
-    "PRESETS", "PhantomConfig", "Phantom", "Lesion", "TISSUE_LABELS", "generate_phantom",
+    "PRESETS", "PhantomConfig", "Phantom", "Lesion", "TISSUE_LABELS", "GroundTruth", "generate_phantom",
+    "write_dicom_series", "read_dicom_series", "write_ground_truth", "load_ground_truth",
 ]

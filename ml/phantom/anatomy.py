@@ -4,8 +4,10 @@ The chest is drawn from a few random parameters (:class:`Chest`) and scaled to t
 field of view: in-plane sizes are multiples of ``s`` (= body half-width / 160 mm,
 1.0 for an average adult), craniocaudal positions are fractions ``u`` of the scan
 length (0 = lowest slice, 1 = highest). Patient coordinates are LPS mm
-(+x left, +y posterior, +z superior). Large structures are binary at voxel centres;
-the acquisition blur later gives them their partial-volume edges.
+(+x left, +y posterior, +z superior). Each painting is binary at the grid's sample
+points; the generator paints up to three sub-slice grids and averages them, and the
+lung's diaphragm and apex surfaces get an analytic slab fraction (``lung_band``),
+so that thick slices show partial volume rather than staircases.
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ def draw_chest(grid: Grid, rng: np.random.Generator, fill_range: tuple[float, fl
         t_muscle=rng.uniform(7.0, 13.0) * s, s=s, z_low=grid.origin_xyz_mm[2] - 0.5 * dz, length=nz * dz,
         u_apex=u_apex, u_dome_r=dome_r, u_dome_l=dome_r - rng.uniform(0.02, 0.05),
         dome_depth=rng.uniform(0.15, 0.22), u_carina=rng.uniform(0.62, 0.70), rib_phase=rng.random(),
-        rib_drop=rng.uniform(0.12, 0.2), vert_phase=rng.random(), heart_angle=rng.uniform(0.4, 0.8))
+        rib_drop=rng.uniform(0.12, 0.2), vert_phase=rng.random(), heart_angle=rng.uniform(-0.75, -0.35))
 
 
 def _superellipse(x, y, cx, cy, a, b, p=2.0):
@@ -101,18 +103,23 @@ def _superellipse(x, y, cx, cy, a, b, p=2.0):
 
 
 def _paint2d(tissue: np.ndarray, zsel: np.ndarray, mask2d: np.ndarray, label: int) -> None:
-    """tissue[z, mask2d] = label for the slices selected by bool ``zsel`` (Z,), vectorised."""
-    flat = tissue.reshape(tissue.shape[0], -1)
-    idx = np.flatnonzero(mask2d)
+    """tissue[z, mask2d] = label for the slices selected by bool ``zsel`` (Z,), one copy per run of slices."""
     ks = np.flatnonzero(zsel)
-    if idx.size and ks.size:
-        flat[np.ix_(ks, idx)] = label
+    if ks.size == 0 or not mask2d.any():
+        return
+    breaks = np.flatnonzero(np.diff(ks) > 1)
+    starts = np.concatenate([[ks[0]], ks[breaks + 1]])
+    stops = np.concatenate([ks[breaks], [ks[-1]]]) + 1
+    where = mask2d[None]
+    for k0, k1 in zip(starts, stops):
+        np.copyto(tissue[k0:k1], label, where=where)
 
 
 def paint_anatomy(tissue: np.ndarray, grid: Grid, ch: Chest) -> dict:
     """Paint every structure into ``tissue`` (uint8, (Z, Y, X)), in back-to-front order.
 
-    Returns landmarks (hilum points, heart box) that the vessel and nodule stages use.
+    Returns landmarks (hilum points, heart) for the vessel stage and the lung's
+    partial-volume band (see :func:`_paint_lungs`) for the image stage.
     """
     z, y, x = _axes(grid)
     y2, x2 = y[:, None], x[None, :]
@@ -128,14 +135,14 @@ def paint_anatomy(tissue: np.ndarray, grid: Grid, ch: Chest) -> dict:
     _paint_liver(tissue, grid, ch, cavity)
     fat_pad = _superellipse(x2, y2, ch.xb, ch.yb - 0.62 * ch.b_cav, 0.13 * ch.a_cav, 0.3 * ch.b_cav) <= 1.0
     _paint2d(tissue, (ch.u(z) > ch.u_dome_l + 0.2) & (ch.u(z) < ch.u_carina + 0.1), fat_pad, T["fat"])
-    _paint_lungs(tissue, grid, ch, cavity)
+    lung_band = _paint_lungs(tissue, grid, ch, cavity)
     heart = _paint_heart(tissue, grid, ch)
     _paint_great_vessels(tissue, grid, ch)
     hila = _paint_airways(tissue, grid, ch)
     _paint_spine(tissue, grid, ch)
     _paint_sternum(tissue, grid, ch)
     _paint_ribs(tissue, grid, ch)
-    return {"hila_xyz_mm": hila, "heart": heart}
+    return {"hila_xyz_mm": hila, "heart": heart, "lung_band": lung_band}
 
 
 def _axes(grid: Grid):
@@ -155,40 +162,63 @@ def _diaphragm_u(x2, y2, ch: Chest):
     """u of the diaphragm surface over the plane (Y, X): two domes, costophrenic recesses lower."""
     side = np.where(x2 < ch.xb, -1.0, 1.0)
     dome = np.where(side < 0, ch.u_dome_r, ch.u_dome_l)
-    rr = ((x2 - (ch.xb + side * 0.45 * ch.a_cav)) / (0.62 * ch.a_cav)) ** 2 + ((y2 - ch.yb + 0.1 * ch.b_cav) / ch.b_cav) ** 2
+    rr = (((x2 - (ch.xb + side * 0.45 * ch.a_cav)) / (0.62 * ch.a_cav)) ** 2
+          + ((y2 - ch.yb + 0.1 * ch.b_cav) / ch.b_cav) ** 2)
     return dome - ch.dome_depth * np.minimum(rr, 1.6)
 
 
 def _paint_liver(tissue, grid: Grid, ch: Chest, cavity) -> None:
+    """Liver under the right dome (and the abdomen's soft tissue under the left one)."""
     z, y, x = _axes(grid)
-    below = ch.u(z)[:, None, None] < _diaphragm_u(x[None, :], y[:, None], ch)[None]
-    liver = below & cavity[None] & (x < ch.xb + 0.15 * ch.a_cav)[None, None, :]
-    tissue[liver] = T["liver"]
-
-
-def _paint_lungs(tissue, grid: Grid, ch: Chest, cavity) -> None:
-    """Two lungs: cavity halves outside the mediastinum, above the diaphragm, domed apices."""
-    z, y, x = _axes(grid)
-    y2, x2 = y[:, None], x[None, :]
-    yn = np.clip((y2 - ch.yb) / ch.b_cav, -1, 1)
-    w_med = np.interp(yn, [-1, -0.5, 0, 0.5, 1], [0.06, 0.12, 0.17, 0.18, 0]) * ch.a_cav
-    w_med = np.maximum(w_med, np.where(yn > 0.4, 1.25 * ch.r_vert, 0))
-    plane = cavity & (np.abs(x2 - ch.xb) > w_med)
-    u = ch.u(z)
-    h_cap = 0.3
-    t = np.clip((u - (ch.u_apex - h_cap)) / h_cap, 0, 1)
-    p2 = (1.0 - t ** 2)[:, None, None]                            # squared in-plane scale per slice
-    ell = ((np.abs(x2 - ch.xb) - 0.5 * ch.a_cav) / (0.55 * ch.a_cav)) ** 2 + ((y2 - ch.yb - 0.1 * ch.b_cav) / (1.05 * ch.b_cav)) ** 2
-    ks = np.flatnonzero(u < ch.u_apex)
+    dia = _diaphragm_u(x[None, :], y[:, None], ch)
+    ks = np.flatnonzero(ch.u(z) < dia.max())
     if ks.size == 0:
         return
     sl = slice(ks[0], ks[-1] + 1)
-    rows = np.flatnonzero(plane.any(axis=1))
-    cols = np.flatnonzero(plane.any(axis=0))
-    ry, rx = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-    dia = _diaphragm_u(x2, y2, ch)[ry, rx]
-    lung = (ell[ry, rx][None] <= p2[sl]) & plane[ry, rx][None] & (u[sl][:, None, None] >= dia[None])
-    tissue[sl, ry, rx][lung] = T["lung"]
+    plane = cavity & (x < ch.xb + 0.15 * ch.a_cav)[None, :]
+    below = ch.u(z[sl])[:, None, None] < dia[None]
+    np.copyto(tissue[sl], T["liver"], where=below & plane[None])
+
+
+def _paint_lungs(tissue, grid: Grid, ch: Chest, cavity) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two lungs: cavity halves outside the mediastinum, above the diaphragm, domed apices.
+
+    Returns the partial-volume band of the diaphragm and apex surfaces as flat voxel
+    indices, lung fractions (float32) and the tissue the lung replaced (uint8).
+    """
+    z, y, x = _axes(grid)
+    y2, x2 = y[:, None], x[None, :]
+    yn = np.clip((y2 - ch.yb) / ch.b_cav, -1, 1)
+    w_med = np.interp(yn, [-1, -0.5, 0, 0.5, 1], [0.05, 0.14, 0.2, 0.2, 0]) * ch.a_cav
+    w_med = np.maximum(w_med, np.where(yn > 0.4, 1.25 * ch.r_vert, 0))
+    ell = (((np.abs(x2 - ch.xb) - 0.5 * ch.a_cav) / (0.55 * ch.a_cav)) ** 2
+           + ((y2 - ch.yb - 0.1 * ch.b_cav) / (1.05 * ch.b_cav)) ** 2)         # one ellipse per side
+    plane = cavity & (np.abs(x2 - ch.xb) > w_med) & (ell <= 1.0)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.uint8))
+    u = ch.u(z)
+    ks = np.flatnonzero(u < ch.u_apex)
+    idx = np.flatnonzero(plane)
+    if ks.size == 0 or idx.size == 0:
+        return empty
+    sl = slice(ks[0], ks[-1] + 1)
+    h_cap = 0.3
+    f32 = np.float32
+    top_mm = (ch.u_apex - h_cap + h_cap * np.sqrt(np.clip(1.0 - ell.ravel()[idx], 0, 1))) * ch.length  # apex dome
+    bottom_mm = _diaphragm_u(x2, y2, ch).ravel()[idx] * ch.length
+    zs = (u[sl] * ch.length).astype(f32)[:, None]
+    # Vertical distance (mm) inside the lung to the nearer of the two surfaces -> slab fraction.
+    # Evaluated on the lung's in-plane pixels only: (n_slices, n_pixels) float32.
+    inside_mm = np.minimum(zs - bottom_mm.astype(f32)[None], top_mm.astype(f32)[None] - zs)
+    frac = np.clip(f32(0.5) + inside_mm * f32(1.0 / grid.slab_mm), f32(0.0), f32(1.0))
+    flat = tissue[sl].reshape(sl.stop - sl.start, -1)      # view: (slices, Y*X)
+    sub = flat[:, idx]
+    band = np.nonzero((frac > 0.0) & (frac < 1.0))
+    under = sub[band].copy()
+    sub[frac >= 0.5] = T["lung"]
+    flat[:, idx] = sub
+    plane_size = tissue.shape[1] * tissue.shape[2]
+    flat_idx = (band[0] + sl.start).astype(np.int64) * plane_size + idx[band[1]]
+    return flat_idx, frac[band], under
 
 
 def _ellipsoid_box(grid: Grid, centre, semi, angle):
@@ -207,8 +237,8 @@ def _ellipsoid_box(grid: Grid, centre, semi, angle):
 
 def _paint_heart(tissue, grid: Grid, ch: Chest) -> dict:
     """Heart on the left dome: epicardial fat, myocardium, blood pool."""
-    centre = (ch.xb + 0.2 * ch.a_cav, ch.yb - 0.22 * ch.b_cav, float(ch.z(ch.u_dome_l + 0.1)))
-    semi = (0.45 * ch.a_cav, 0.42 * ch.b_cav, 0.14 * ch.length)
+    centre = (ch.xb + 0.14 * ch.a_cav, ch.yb - 0.2 * ch.b_cav, float(ch.z(ch.u_dome_l + 0.1)))
+    semi = (0.5 * ch.a_cav, 0.6 * ch.b_cav, 0.13 * ch.length)
     box, rr = _ellipsoid_box(grid, centre, [1.1 * v for v in semi], ch.heart_angle)
     if box is not None:
         sub = tissue[box]
@@ -278,10 +308,12 @@ def _paint_spine(tissue, grid: Grid, ch: Chest) -> None:
     yc = yv + rv + r_canal + 1.0 * s
     canal = _superellipse(x2, y2, ch.xb, yc, r_canal, r_canal) <= 1.0
     arch = _superellipse(x2, y2, ch.xb, yc, r_canal + 4 * s, r_canal + 4 * s) <= 1.0
-    spinous = (np.abs(x2 - ch.xb) < 3.5 * s) & (y2 > yc) & (y2 < yc + r_canal + 24 * s)
+    spinous = (np.abs(x2 - ch.xb) < 3.5 * s) & (y2 > yc) & (y2 < yc + r_canal + 18 * s)
     transverse = (np.abs(y2 - yc + 2 * s) < 4 * s) & (np.abs(x2 - ch.xb) < 28 * s)
+    inside_fat = _superellipse(x2, y2, ch.xb, ch.yb, ch.a_body - ch.t_fat - 4 * s, ch.b_body - ch.t_fat - 4 * s,
+                               ch.p_body) <= 1.0
     _paint2d(tissue, ~bony, body, T["disc"])
-    _paint2d(tissue, bony, body | arch | spinous | transverse, T["bone_cortical"])
+    _paint2d(tissue, bony, (body | arch | spinous | transverse) & inside_fat, T["bone_cortical"])
     _paint2d(tissue, bony, core, T["bone_cancellous"])
     _paint2d(tissue, np.ones(z.size, bool), canal, T["csf"])
 
@@ -322,7 +354,7 @@ def _paint_ribs(tissue, grid: Grid, ch: Chest) -> None:
     ph = phi.ravel()[idx][None, :] / math.pi
     height = max(0.032 * ch.length, 1.2 * grid.spacing_zyx_mm[0])
     pitch = 0.068 * ch.length
-    z_first = ch.z(ch.u_apex) - 0.3 * pitch                    # first rib's posterior end
+    z_first = ch.z(ch.u_apex) - (0.2 + 0.3 * ch.rib_phase) * pitch   # first rib's posterior end
     w = (z_first - ch.rib_drop * ch.length * ph ** 1.3 - z[:, None]) / pitch   # (Z, n_band)
     k = np.rint(w)
     dz_mm = (w - k) * pitch

@@ -24,6 +24,11 @@ LIDC_DIAMETER_QUANTILES = ((0.0, 3.0), (0.05, 4.3), (0.25, 5.6), (0.50, 7.1),
                            (0.75, 10.4), (0.95, 20.5), (1.0, 30.0))
 
 
+TEXTURES = ("solid", "part_solid", "ground_glass", "calcified")
+SHAPES = ("sphere", "ellipsoid", "lobulated")
+ATTACHMENTS = (None, "vessel", "pleura")
+
+
 @dataclass(frozen=True)
 class PhantomConfig:
     """Everything that shapes a phantom except the seed.
@@ -59,7 +64,7 @@ class PhantomConfig:
     psf_fwhm_mm_range: tuple[float, float] = (0.6, 0.9)
     contrast_probability: float = 0.0            # P(intravenous contrast: blood 150-300 HU)
     # -- anatomy ----------------------------------------------------------------------------
-    vessel_leaves_per_tree: int = 220            # 2 trees (artery, vein) per lung
+    vessel_leaves_per_tree: int = 500            # 2 trees (artery, vein) per lung
     # -- nodules ------------------------------------------------------------------------------
     n_nodules_range: tuple[int, int] = (0, 6)
     p_no_nodules: float = 0.2
@@ -74,6 +79,11 @@ class PhantomConfig:
         (None, 0.6), ("vessel", 0.2), ("pleura", 0.2))
 
     # ---------------------------------------------------------------------------------
+    @property
+    def shape_zyx(self) -> tuple[int, int, int] | None:
+        """(n_slices, rows, cols) when the slice count is fixed, else None (drawn per scan)."""
+        return (self.n_slices, self.rows, self.cols) if self.n_slices else None
+
     @classmethod
     def preset(cls, name: str, **overrides) -> "PhantomConfig":
         """Return preset ``name`` ("tiny" | "small" | "full") with fields overridden."""
@@ -111,6 +121,11 @@ class PhantomConfig:
             raise ValueError("slice thickness choices and weights differ in length")
         if not 0.0 <= self.slice_overlap_fraction < 1.0:
             raise ValueError("slice_overlap_fraction must be in [0, 1)")
+        for field_name, allowed in (("texture_probs", TEXTURES), ("shape_probs", SHAPES),
+                                    ("attach_probs", ATTACHMENTS)):
+            names = {name for name, _ in getattr(self, field_name)}
+            if not names <= set(allowed) or sum(p for _, p in getattr(self, field_name)) <= 0:
+                raise ValueError(f"{field_name} must weight some of {allowed}")
 
 
 def _jsonable(value):
@@ -194,14 +209,15 @@ def sample_acquisition(cfg: PhantomConfig, rng: np.random.Generator) -> Acquisit
     ma = float(np.round(rng.uniform(40, 300)))
     kernel = str(rng.choice(["STANDARD", "B30f", "B45f", "FC51", "LUNG"]))
     # The FOV is centred on the isocentre (x = y = 0); z origin is the table position.
-    ox = -(cfg.cols - 1) / 2 * px
-    oy = -(cfg.rows - 1) / 2 * px
+    px = round(px, 5)                          # exactly representable as a DICOM DS string
+    ox = round(-(cfg.cols - 1) / 2 * px, 4)
+    oy = round(-(cfg.rows - 1) / 2 * px, 4)
     oz = float(np.round(rng.uniform(-400.0, -100.0), 2))
     return Acquisition(
-        rows=cfg.rows, cols=cfg.cols, n_slices=n_slices, pixel_spacing_mm=round(px, 6),
-        slice_thickness_mm=thickness, slice_spacing_mm=round(spacing, 6), noise_hu=noise,
+        rows=cfg.rows, cols=cfg.cols, n_slices=n_slices, pixel_spacing_mm=px,
+        slice_thickness_mm=thickness, slice_spacing_mm=round(spacing, 5), noise_hu=noise,
         psf_fwhm_mm=psf, contrast=contrast, kvp=kvp, tube_current_ma=ma, kernel=kernel,
-        origin_xyz_mm=(round(ox, 4), round(oy, 4), oz))
+        origin_xyz_mm=(ox, oy, oz))
 
 
 def diameter_quantile_mm(cfg: PhantomConfig, u: np.ndarray | float) -> np.ndarray:

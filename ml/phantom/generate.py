@@ -5,6 +5,7 @@ does not shift the others): acquisition -> anatomy -> vessels -> nodules -> nois
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -47,6 +48,23 @@ def _lung_box(lung: np.ndarray) -> tuple[slice, slice, slice] | None:
     return tuple(out)  # type: ignore[return-value]
 
 
+def _band_values(tissue: np.ndarray, lut: np.ndarray, band, idx: np.ndarray) -> np.ndarray:
+    """HU at flat voxel indices ``idx`` (sorted, unique) of one anatomy sample, lung band blended.
+
+    Where a slab cuts the diaphragm or an apex the lung is mixed with what lies beyond
+    by its slab fraction; structures painted after the lungs keep their own value.
+    """
+    values = lut[tissue.reshape(-1)[idx]]
+    band_idx, frac, under = band
+    pos = np.searchsorted(idx, band_idx)
+    hit = pos < idx.size
+    hit[hit] = idx[pos[hit]] == band_idx[hit]
+    now = tissue.reshape(-1)[band_idx]
+    ok = hit & ((now == T["lung"]) | (now == under))
+    values[pos[ok]] = frac[ok] * lut[T["lung"]] + (1.0 - frac[ok]) * lut[under[ok]]
+    return values
+
+
 def _paint_lung_and_vessels(img, tissue, lung, grid: Grid, vessels, hu: dict, gradient_hu: float, chest) -> None:
     """Posterior-denser parenchyma, then vessels blended with their occupancy, inside the lungs only."""
     box = _lung_box(lung)
@@ -60,6 +78,38 @@ def _paint_lung_and_vessels(img, tissue, lung, grid: Grid, vessels, hu: dict, gr
     occ *= lung_sub
     sub += occ * (np.float32(hu["vessel"]) - sub)
     tissue[box][(occ >= 0.5) & lung_sub] = T["vessel"]
+
+
+def _anatomy_image(grid: Grid, chest, hu: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Noise-free anatomy image (float32 HU), tissue map (uint8) and landmarks, all (Z, Y, X).
+
+    The anatomy is painted at up to 3 positions across each slab and the HU averaged
+    (the slice-thickness partial volume of the heart, ribs, arch...). The tissue map and
+    landmarks are those of the slab centres; off-centre samples only contribute where
+    they differ from the centre, so each costs one painting and a sparse update.
+    """
+    k = min(grid.n_sub, 3)
+    lut = np.array([hu[name] for name in sorted(T, key=T.get)], np.float32)
+    ox, oy, oz = grid.origin_xyz_mm
+    samples = []
+    for offset in (np.arange(k) - (k - 1) / 2) * (grid.slab_mm / k):
+        sub_grid = Grid(grid.shape_zyx, grid.spacing_zyx_mm, (ox, oy, oz + offset), grid.slab_mm / k)
+        sub_tissue = np.zeros(grid.shape_zyx, np.uint8)
+        samples.append((offset, sub_tissue, paint_anatomy(sub_tissue, sub_grid, chest)))
+    _, tissue, landmarks = next(s for s in samples if s[0] == 0.0)
+    img = lut[tissue]
+    band_idx = landmarks["lung_band"][0]
+    img.reshape(-1)[band_idx] = _band_values(tissue, lut, landmarks["lung_band"], band_idx)
+    updates = []
+    for offset, sub_tissue, sub_landmarks in samples:
+        if offset == 0.0:
+            continue
+        idx = np.union1d(np.flatnonzero(sub_tissue != tissue), sub_landmarks["lung_band"][0])
+        delta = _band_values(sub_tissue, lut, sub_landmarks["lung_band"], idx) - img.reshape(-1)[idx]
+        updates.append((idx, delta))
+    for idx, delta in updates:
+        img.reshape(-1)[idx] += delta * np.float32(1.0 / k)
+    return img, tissue, landmarks
 
 
 def generate_phantom(cfg: PhantomConfig | None = None, seed: int = 0) -> Phantom:
@@ -80,14 +130,11 @@ def generate_phantom(cfg: PhantomConfig | None = None, seed: int = 0) -> Phantom
     chest = draw_chest(grid, rng_anat, cfg.body_fill_range)
     hu = draw_tissue_hu(rng_anat, acq.contrast)
     gradient_hu = float(rng_anat.uniform(10.0, 40.0))
-    tissue = np.zeros(acq.shape_zyx, np.uint8)
-    landmarks = paint_anatomy(tissue, grid, chest)
+    img, tissue, landmarks = _anatomy_image(grid, chest, hu)
     lung = tissue == T["lung"]
     t1 = time.perf_counter()
 
     vessels = grow_vessels(lung, grid, landmarks["hila_xyz_mm"], chest.xb, cfg.vessel_leaves_per_tree, rng_vessel)
-    lut = np.array([hu[name] for name in sorted(T, key=T.get)], np.float32)
-    img = lut[tissue]
     _paint_lung_and_vessels(img, tissue, lung, grid, vessels, hu, gradient_hu, chest)
     t2 = time.perf_counter()
 
@@ -101,7 +148,7 @@ def generate_phantom(cfg: PhantomConfig | None = None, seed: int = 0) -> Phantom
     t4 = time.perf_counter()
     log.debug("phantom seed=%s %s: anatomy %.2fs vessels %.2fs nodules %.2fs acquisition %.2fs",
               seed, acq.shape_zyx, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
-    acquisition = {k: v for k, v in acq.__dict__.items()}
+    acquisition = dataclasses.asdict(acq)
     acquisition.update(psf_sigma_vox_zyx=list(sigma), tissue_hu=hu, lung_gradient_hu=round(gradient_hu, 2))
     return Phantom(
         hu=hu_volume, spacing_zyx_mm=tuple(float(v) for v in acq.spacing_zyx_mm),

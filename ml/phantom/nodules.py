@@ -74,7 +74,7 @@ def draw_design(cfg: PhantomConfig, rng: np.random.Generator) -> dict:
     if kind == "lobulated":
         dirs = rng.normal(size=(int(rng.integers(3, 7)), 3))
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        lobes = tuple((*d, rng.uniform(0.15, 0.35), rng.uniform(3.0, 8.0)) for d in dirs)
+        lobes = tuple((*d, rng.uniform(0.25, 0.5), rng.uniform(4.0, 10.0)) for d in dirs)
     rotation = random_rotation(rng)
     unit = StarShape((0.0, 0.0, 0.0), tuple(map(tuple, rotation)), ratios, lobes)
     k = (math.pi * diameter ** 3 / 6.0 / unit.volume_mm3()) ** (1.0 / 3.0)
@@ -98,9 +98,15 @@ class _Proposer:
     def __init__(self, scene: Scene):
         g = scene.grid
         dz, dy, dx = g.spacing_zyx_mm
-        self.step = (max(1, round(2.0 / dz)), max(1, round(2.0 / dy)), max(1, round(2.0 / dx)))
+        self.step = np.array([max(1, round(2.5 / dz)), max(1, round(2.5 / dy)), max(1, round(2.5 / dx))])
         coarse = scene.lung[::self.step[0], ::self.step[1], ::self.step[2]]
-        self.coarse_mm = np.array([dz * self.step[0], dy * self.step[1], dx * self.step[2]])
+        self.coarse_mm = np.array([dz, dy, dx]) * self.step
+        self.offset = np.zeros(3, int)                 # coarse index of the cropped map's corner
+        nz = np.nonzero(coarse)
+        if nz[0].size:
+            self.offset = np.array([a.min() for a in nz])
+            hi = np.array([a.max() + 1 for a in nz])
+            coarse = coarse[tuple(slice(a, b) for a, b in zip(self.offset, hi))]
         self.edt = ndi.distance_transform_edt(np.pad(coarse, 1), sampling=self.coarse_mm)[1:-1, 1:-1, 1:-1]
         self.grid = g
         self.scene = scene
@@ -122,8 +128,8 @@ class _Proposer:
         idx = np.flatnonzero((self.edt >= lo_mm) & (self.edt <= hi_mm))
         if idx.size == 0:
             return None
-        kz, ky, kx = np.unravel_index(rng.choice(idx), self.edt.shape)
-        zyx = np.array([kz, ky, kx]) * self.step + rng.uniform(-0.5, 0.5, 3) * self.step
+        kzyx = np.array(np.unravel_index(rng.choice(idx), self.edt.shape)) + self.offset
+        zyx = kzyx * self.step + rng.uniform(-0.5, 0.5, 3) * self.step
         g = self.grid
         return np.array(g.origin_xyz_mm) + (zyx * np.array(g.spacing_zyx_mm))[::-1]
 

@@ -10,6 +10,7 @@ Conventions (shared by every array in a phantom):
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,7 +58,8 @@ class Lesion:
             "id": self.id, "centre_xyz_mm": list(self.centre_xyz_mm), "diameter_mm": self.diameter_mm,
             "axes_mm": list(self.axes_mm), "volume_ml": self.volume_ml, "hu": self.hu,
             "texture": self.texture, "shape": self.shape, "attached_to": self.attached_to,
-            "bbox_xyz_mm": [list(self.bbox_xyz_mm[0]), list(self.bbox_xyz_mm[1])], "params": self.params,
+            "bbox_xyz_mm": [list(self.bbox_xyz_mm[0]), list(self.bbox_xyz_mm[1])],
+            "params": json.loads(json.dumps(self.params)),  # plain lists, as in the JSON file
         }
 
     @classmethod

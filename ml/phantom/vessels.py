@@ -104,7 +104,7 @@ def grow_vessels(lung: np.ndarray, grid: Grid, hila_xyz, x_mid: float, leaves_pe
     """Artery and vein trees for both lungs. Returns segments (M, 8) float32, patient mm."""
     dx = grid.spacing_zyx_mm[2]
     x = grid.origin_xyz_mm[0] + dx * np.arange(grid.shape_zyx[2])
-    r_leaf = max(0.35, 0.3 * grid.spacing_zyx_mm[1])
+    r_leaf = max(0.45, 0.3 * grid.spacing_zyx_mm[1])
     trees = []
     for hilum, side in zip(hila_xyz, (x < x_mid, x >= x_mid)):
         for offset_mm in ((0.0, 0.0, 0.0), (0.0, 8.0, -25.0)):      # artery at the hilum, vein lower
