@@ -32,7 +32,7 @@ run: setup
 	@$(PY) manage.py ensure_demo_users
 	@echo "Demo studies (synthetic CT phantoms; the first run takes a minute):"
 	@$(PY) manage.py seed_demo
-	$(PY) manage.py runstack
+	$(PY) manage.py runstack --demo-logins
 
 # PostgreSQL and Redis: start them when installed but not running (installed on a bare Debian box).
 services:

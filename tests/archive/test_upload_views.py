@@ -115,3 +115,16 @@ def test_the_upload_page_offers_files_folders_and_zips(admin_client):
 
     assert page.status_code == 200
     assert b"webkitdirectory" in page.content and b"Drop files, folders or zips here" in page.content
+
+
+def test_folder_metadata_files_are_skipped_not_rejected(admin_client):
+    batch = start(admin_client)
+
+    response = admin_client.post(
+        reverse("archive:upload_batch_files", args=[batch]),
+        {"files": files((".DS_Store", b"\0\0\0\1Bud1"), ("DICOMDIR", b"index"), ("IM1", series_bytes(1)[0])),
+         "paths": ["scan/.DS_Store", "scan/DICOMDIR", "scan/IM1"]},
+    )
+
+    assert [(r["name"], r["outcome"]) for r in response.json()["results"]] == [
+        ("scan/.DS_Store", "skipped"), ("scan/DICOMDIR", "skipped"), ("scan/IM1", "stored")]

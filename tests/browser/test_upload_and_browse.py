@@ -82,3 +82,22 @@ def test_a_radiologist_sees_no_upload_link_and_is_refused_the_page(page, cast):
     assert page.locator("nav >> text=Upload").count() == 0
     response = page.goto("/upload/")
     assert response.status == 403
+
+
+def test_an_admin_uploads_a_whole_folder(page, cast, tmp_path, monkeypatch):
+    monkeypatch.setattr("webapp.jobs.enqueue", lambda *a, **k: "not-sent")
+    folder = tmp_path / "CT_EXPORT"
+    (folder / "series1").mkdir(parents=True)
+    for i, data in enumerate(series_bytes(4)):
+        (folder / "series1" / f"IM{i}").write_bytes(data)
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    log_in(page, cast.admin.username, PASSWORD)
+    page.goto("/upload/")
+
+    page.set_input_files("#folder-input", folder)
+    page.wait_for_selector("body[data-upload-done='1']", timeout=60_000)
+
+    assert "Done: 4 stored, 0 duplicate, 0 rejected, 1 skipped." in page.inner_text("#status-line")
+    table = page.inner_text("#results tbody")
+    assert "CT_EXPORT/series1/IM0" in table  # folder paths are kept in the report
+    assert "operating-system metadata file" in table

@@ -120,6 +120,8 @@ def batch_summary(batch: UploadBatch) -> dict:
 def ingest_upload(batch: UploadBatch, uploaded, *, name: str = "", actor=None, request=None) -> list[FileOutcome]:
     """One uploaded file (Django UploadedFile): a DICOM file or a zip of them."""
     name = name or getattr(uploaded, "name", "") or "upload"
+    if reason := zipsafe.skip_reason(name):
+        return [_record(batch, FileOutcome(name, Outcome.SKIPPED, reason, uploaded.size), actor, request)]
     uploaded.seek(0)
     if zipsafe.looks_like_zip(uploaded):
         uploaded.seek(0)
@@ -136,6 +138,8 @@ def ingest_path(batch: UploadBatch, path: Path, *, actor=None) -> list[FileOutco
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
             outcomes.extend(ingest_path(batch, child, actor=actor))
         return outcomes
+    if reason := zipsafe.skip_reason(str(path)):
+        return [_record(batch, FileOutcome(str(path), Outcome.SKIPPED, reason, path.stat().st_size), actor, None)]
     with open(path, "rb") as fp:
         if zipsafe.looks_like_zip(fp):
             fp.seek(0)

@@ -72,11 +72,17 @@ def _judge(info: zipfile.ZipInfo, max_ratio: int) -> tuple[str, bool]:
         return "refused: encrypted zip entry", True
     if info.file_size > MIN_BYTES_FOR_RATIO_CHECK and info.file_size > max_ratio * max(info.compress_size, 1):
         return f"refused: compression ratio above {max_ratio}:1 (zip bomb?)", True
+    return skip_reason(name, inside_zip=True), False
+
+
+def skip_reason(name: str, *, inside_zip: bool = False) -> str:
+    """Why a file is passed over without being read (metadata and index files), or ''."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
     base = parts[-1] if parts else name
     if "__MACOSX" in parts or base.startswith("._") or base.lower() in JUNK_NAMES:
-        return "skipped: operating-system metadata file, not an image", False
+        return "skipped: operating-system metadata file, not an image"
     if base.upper() == "DICOMDIR":
-        return "skipped: DICOMDIR is an index of the other files, not an image", False
-    if PurePosixPath(base).suffix.lower() in NESTED_ARCHIVE_SUFFIXES:
-        return "skipped: archives inside a zip are not unpacked; upload them on their own", False
-    return "", False
+        return "skipped: DICOMDIR is an index of the other files, not an image"
+    if inside_zip and PurePosixPath(base).suffix.lower() in NESTED_ARCHIVE_SUFFIXES:
+        return "skipped: archives inside a zip are not unpacked; upload them on their own"
+    return ""

@@ -7,9 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+from .ensure_demo_users import DEMO_USERS
 
 
 class Command(BaseCommand):
@@ -19,6 +22,18 @@ class Command(BaseCommand):
         parser.add_argument("--bind", default=os.environ.get("RADLOOP_BIND", "127.0.0.1:8000"))
         parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "3")))
         parser.add_argument("--worker-concurrency", type=int, default=2)
+        parser.add_argument("--demo-logins", action="store_true", help="print the demo users' logins when ready")
+
+    def _wait_until_healthy(self, url: str, web: subprocess.Popen, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and web.poll() is None:
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return True
+            except OSError:
+                time.sleep(0.3)
+        return False
 
     def handle(self, *args, **options):
         bin_dir = os.path.dirname(sys.executable)
@@ -43,9 +58,16 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        host = options["bind"]
-        self.stdout.write(self.style.SUCCESS(f"RadLoop is running at http://{host}/  (Ctrl-C to stop)"))
-        self.stdout.write(f"  broker: {settings.CELERY_BROKER_URL}   database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}")
+        url = f"http://{options['bind']}/"
+        if self._wait_until_healthy(url, procs["web"]):
+            self.stdout.write(self.style.SUCCESS(f"\nRadLoop is running at {url}  (Ctrl-C to stop)"))
+            self.stdout.write(
+                f"  broker: {settings.CELERY_BROKER_URL}   "
+                f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}"
+            )
+            if options["demo_logins"]:
+                for username, password, role in DEMO_USERS:
+                    self.stdout.write(f"  log in as {role}: {username} / {password}")
         exit_code = 0
         while not stopping:
             for name, proc in procs.items():
