@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "webapp.accounts",
     "webapp.archive",
+    "webapp.dicomweb",
 ]
 
 MIDDLEWARE = [
@@ -168,6 +169,11 @@ ARCHIVE_MAX_FILE_BYTES = envint("ARCHIVE_MAX_FILE_BYTES", 1024 * 1024 * 1024)  #
 ARCHIVE_MAX_ZIP_BYTES = envint("ARCHIVE_MAX_ZIP_BYTES", 8 * 1024 * 1024 * 1024)  # unpacked total
 ARCHIVE_MAX_ZIP_ENTRIES = envint("ARCHIVE_MAX_ZIP_ENTRIES", 50_000)
 ARCHIVE_MAX_ZIP_RATIO = envint("ARCHIVE_MAX_ZIP_RATIO", 200)  # uncompressed / compressed
+
+# --- DICOMweb -------------------------------------------------------------------------------
+# Absolute root used in RetrieveURL / BulkDataURI (never taken from the Host header).
+DICOMWEB_BASE_URL = env("DICOMWEB_BASE_URL", "http://127.0.0.1:8000/dicomweb")
+DICOMWEB_MAX_STOW_BYTES = envint("DICOMWEB_MAX_STOW_BYTES", 4 * 1024 * 1024 * 1024)
 
 # --- Celery ---------------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", "")

@@ -6,5 +6,6 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="archive:study_list"), name="home"),
     path("", include("webapp.accounts.urls")),
     path("", include("webapp.archive.urls")),
+    path("dicomweb/", include("webapp.dicomweb.urls")),
     path("django-admin/", admin.site.urls),
 ]

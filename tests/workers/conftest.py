@@ -1,7 +1,6 @@
 """A real Celery worker process on the real Redis broker, against the test database."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,18 +32,8 @@ def clean_broker():
 
 
 @pytest.fixture
-def worker_env(tmp_path, clean_broker, transactional_db):
-    """Environment for a worker process that sees this test's database and archive."""
-    db = connection.settings_dict
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        REDIS_URL=clean_broker,
-        MEDIA_ROOT=str(tmp_path),
-        RADLOOP_VAR_DIR=str(tmp_path / "var"),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+def worker_env(server_env, clean_broker):
+    return {**server_env, "REDIS_URL": clean_broker}
 
 
 @pytest.fixture

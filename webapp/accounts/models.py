@@ -1,6 +1,9 @@
 """Roles and the append-only audit log."""
 from __future__ import annotations
 
+import hashlib
+import secrets
+
 from django.conf import settings
 from django.db import models
 
@@ -10,6 +13,7 @@ class Role(models.TextChoices):
 
     ADMIN = "admin", "Admin"
     RADIOLOGIST = "radiologist", "Radiologist"
+    UPLOADER = "uploader", "Uploader (stores studies, e.g. a PACS; cannot read)"
 
 
 class AuditEventQuerySet(models.QuerySet):
@@ -54,3 +58,38 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("the audit log is append-only")
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts and PACS (``Authorization: Bearer <token>``).
+
+    Acts as its user, with the user's roles. Only a hash is stored; the token is shown once.
+    """
+
+    PREFIX = "rlt_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.user})"
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name: str) -> tuple["ApiToken", str]:
+        """Create a token; returns (row, secret). The secret is not stored."""
+        key = cls.PREFIX + secrets.token_urlsafe(32)
+        return cls.objects.create(user=user, name=name, key_hash=cls.hash_key(key)), key
+
+    def audit_ref(self) -> tuple[str, str]:
+        return "api_token", str(self.pk)

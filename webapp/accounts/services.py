@@ -27,6 +27,11 @@ def has_role(user: AbstractBaseUser | AnonymousUser, *roles: str) -> bool:
 
 
 def can_upload(user) -> bool:
+    """Admins, and the uploader role (a PACS or a data manager's script)."""
+    return has_role(user, Role.ADMIN, Role.UPLOADER)
+
+
+def is_admin(user) -> bool:
     return has_role(user, Role.ADMIN)
 
 
@@ -88,3 +93,24 @@ def ensure_user(username: str, password: str, role: str, *, email: str = "") -> 
 def ensure_role_groups() -> None:
     for role in Role:
         Group.objects.get_or_create(name=role.value)
+
+
+def user_for_token(key: str):
+    """The active user behind a bearer token, or None. Records when the token was last used."""
+    from django.utils import timezone
+
+    from .models import ApiToken
+
+    if not key.startswith(ApiToken.PREFIX) or len(key) > 100:
+        return None
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(key_hash=ApiToken.hash_key(key), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is None:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user

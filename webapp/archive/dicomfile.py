@@ -30,18 +30,36 @@ NATIVE_SYNTAXES = {
 DEFLATED_SYNTAXES = {pydicom.uid.DeflatedExplicitVRLittleEndian}
 
 
+# DICOM storage failure reasons (PS3.4 Annex B / PS3.18 STOW-RS FailureReason).
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+PROCESSING_FAILURE = 0x0110
+
+
 class InvalidDicom(Exception):
-    """The file cannot be archived; ``str(exc)`` says why in words for the uploader."""
+    """The file cannot be archived; ``str(exc)`` says why in words for the uploader.
+
+    ``code`` is the DICOM failure reason that STOW-RS reports for it.
+    """
+
+    def __init__(self, reason: str, code: int = CANNOT_UNDERSTAND):
+        super().__init__(reason)
+        self.code = code
 
 
 def check_uid(value: Any, keyword: str) -> str:
     """A UID that is safe in a path and valid per PS3.5 §9 (digits and dots, at most 64 chars)."""
     uid = str(value or "").strip().rstrip("\x00")
     if not uid:
-        raise InvalidDicom(f"missing required UID {keyword}")
+        raise InvalidDicom(f"missing required UID {keyword}", DOES_NOT_MATCH_SOP_CLASS)
     if len(uid) > 64 or not UID_RE.match(uid):
         shown = uid if len(uid) <= 80 else uid[:77] + "..."
-        raise InvalidDicom(f"invalid {keyword} {shown!r}: a UID is digits separated by dots, at most 64 characters")
+        raise InvalidDicom(
+            f"invalid {keyword} {shown!r}: a UID is digits separated by dots, at most 64 characters",
+            DOES_NOT_MATCH_SOP_CLASS,
+        )
     return uid
 
 
@@ -57,6 +75,7 @@ class ParsedDicom:
     rows: int
     columns: int
     bits_allocated: int
+    samples_per_pixel: int
     number_of_frames: int
     pixel_data_offset: int | None
     pixel_data_length: int | None
@@ -120,10 +139,15 @@ def _parse(fp: BinaryIO, size: int) -> ParsedDicom:
         if b"\xe0\x7f\x10\x00" in fp.read(12):  # the file stops inside the pixel data header
             raise InvalidDicom("file is truncated inside the pixel data element header")
     if length is None:
-        raise InvalidDicom("no pixel data: only image objects are archived (SR, RT structures, "
-                           "presentation states and the like are not)")
+        raise InvalidDicom(
+            "no pixel data: only image objects are archived (SR, RT structures, "
+            "presentation states and the like are not)",
+            DOES_NOT_MATCH_SOP_CLASS,
+        )
     if not rows or not columns or not bits_allocated:
-        raise InvalidDicom("image attributes missing: Rows, Columns and BitsAllocated are required")
+        raise InvalidDicom(
+            "image attributes missing: Rows, Columns and BitsAllocated are required", DOES_NOT_MATCH_SOP_CLASS
+        )
 
     if ts in NATIVE_SYNTAXES or ts in DEFLATED_SYNTAXES:
         expected = _native_pixel_bytes(ds, rows, columns, bits_allocated, frames)
@@ -146,6 +170,7 @@ def _parse(fp: BinaryIO, size: int) -> ParsedDicom:
         rows=rows,
         columns=columns,
         bits_allocated=bits_allocated,
+        samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
         number_of_frames=frames,
         pixel_data_offset=offset,
         pixel_data_length=length,
@@ -221,7 +246,8 @@ def _check_compressed_decodes(fp: BinaryIO, ts: UID) -> None:
     if decoder is None or not decoder.is_available:
         raise InvalidDicom(
             f"unsupported transfer syntax {ts.name if ts.is_transfer_syntax else ts} ({ts}): "
-            "no decoder is installed for it"
+            "no decoder is installed for it",
+            TRANSFER_SYNTAX_NOT_SUPPORTED,
         )
     fp.seek(0)
     try:

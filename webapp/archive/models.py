@@ -116,6 +116,7 @@ class Instance(models.Model):
     rows = models.PositiveIntegerField()
     columns = models.PositiveIntegerField()
     bits_allocated = models.PositiveSmallIntegerField()
+    samples_per_pixel = models.PositiveSmallIntegerField(default=1)
     number_of_frames = models.PositiveIntegerField(default=1)
     transfer_syntax_uid = models.CharField(max_length=64)
     # Where the PixelData value starts in the stored file, and its length (native syntaxes),

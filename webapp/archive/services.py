@@ -25,7 +25,14 @@ from webapp import jobs
 from webapp.accounts.services import audit
 
 from . import zipsafe
-from .dicomfile import InvalidDicom, ParsedDicom, parse_dicom
+from .dicomfile import (
+    DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    InvalidDicom,
+    ParsedDicom,
+    parse_dicom,
+)
 from .models import Instance, Series, Study, UploadBatch, UploadItem
 from .rendering import thumbnail_png
 from .storage import archive_storage
@@ -52,11 +59,14 @@ class FileOutcome:
     sop_uid: str = ""
     series_id: int | None = field(default=None, repr=False)
     instance_id: int | None = field(default=None, repr=False)
+    failure_code: int | None = field(default=None, repr=False)  # DICOM FailureReason when rejected
+    sop_class_uid: str = field(default="", repr=False)
 
     def as_dict(self) -> dict:
         """The uploader's view: names, outcome, reason and UIDs (no database ids)."""
         data = asdict(self)
-        del data["series_id"], data["instance_id"]
+        for internal in ("series_id", "instance_id", "failure_code", "sop_class_uid"):
+            del data[internal]
         return data
 
 
@@ -148,6 +158,11 @@ def ingest_path(batch: UploadBatch, path: Path, *, actor=None) -> list[FileOutco
         return [ingest_stream(batch, str(path), fp, actor=actor)]
 
 
+def reject(batch: UploadBatch, name: str, reason: str, *, code: int, actor=None, request=None) -> FileOutcome:
+    """Record a file refused before it could be read (e.g. a STOW-RS part of the wrong type)."""
+    return _record(batch, FileOutcome(name, Outcome.REJECTED, reason, failure_code=code), actor, request)
+
+
 def _ingest_zip(batch, fp: BinaryIO, name: str, *, actor=None, request=None) -> list[FileOutcome]:
     try:
         entries = zipsafe.open_entries(
@@ -170,20 +185,44 @@ def _ingest_zip(batch, fp: BinaryIO, name: str, *, actor=None, request=None) -> 
     return outcomes
 
 
-def ingest_stream(batch: UploadBatch, name: str, stream: BinaryIO, *, actor=None, request=None) -> FileOutcome:
-    """Validate and store one DICOM file read from ``stream``; record and return the outcome."""
+def ingest_stream(
+    batch: UploadBatch,
+    name: str,
+    stream: BinaryIO,
+    *,
+    actor=None,
+    request=None,
+    expected_study_uid: str | None = None,
+) -> FileOutcome:
+    """Validate and store one DICOM file read from ``stream``; record and return the outcome.
+
+    ``expected_study_uid`` (STOW-RS to /studies/{uid}) refuses instances of any other study.
+    """
     storage = archive_storage()
     fd, tmp_path = storage.incoming_file()
+    parsed = None
     try:
         with os.fdopen(fd, "w+b") as tmp:
             size, sha256 = _spool(stream, tmp, settings.ARCHIVE_MAX_FILE_BYTES)
             tmp.flush()
             os.fsync(tmp.fileno())  # on disk before its rows commit: no empty file after a power cut
             parsed = parse_dicom(tmp, size)
+        if expected_study_uid and parsed.study_uid != expected_study_uid:
+            raise InvalidDicom(
+                f"instance belongs to study {parsed.study_uid}, not to {expected_study_uid} named in the request",
+                DOES_NOT_MATCH_SOP_CLASS,
+            )
         outcome = _store(parsed, tmp_path, name, size, sha256)
     except InvalidDicom as exc:
         spooled = os.path.getsize(tmp_path) if os.path.exists(tmp_path) else 0
-        outcome = FileOutcome(name, Outcome.REJECTED, str(exc), spooled)
+        outcome = FileOutcome(
+            name, Outcome.REJECTED, str(exc), spooled,
+            study_uid=parsed.study_uid if parsed else "",
+            series_uid=parsed.series_uid if parsed else "",
+            sop_uid=parsed.sop_uid if parsed else "",
+            failure_code=exc.code,
+            sop_class_uid=parsed.sop_class_uid if parsed else "",
+        )
     finally:
         Path(tmp_path).unlink(missing_ok=True)  # gone already when stored
     return _record(batch, outcome, actor, request)
@@ -194,16 +233,17 @@ def _spool(stream: BinaryIO, out: BinaryIO, limit: int) -> tuple[int, str]:
     while chunk := stream.read(CHUNK):
         size += len(chunk)
         if size > limit:
-            raise InvalidDicom(f"file is larger than the limit of {limit // (1024 * 1024)} MB")
+            raise InvalidDicom(f"file is larger than the limit of {limit // (1024 * 1024)} MB", OUT_OF_RESOURCES)
         digest.update(chunk)
         out.write(chunk)
     return size, digest.hexdigest()
 
 
 def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str) -> FileOutcome:
-    def outcome(kind, reason="", series_id=None, instance_id=None):
+    def outcome(kind, reason="", series_id=None, instance_id=None, failure_code=None):
         return FileOutcome(
-            name, kind, reason, size, parsed.study_uid, parsed.series_uid, parsed.sop_uid, series_id, instance_id
+            name, kind, reason, size, parsed.study_uid, parsed.series_uid, parsed.sop_uid, series_id, instance_id,
+            failure_code, parsed.sop_class_uid,
         )
 
     existing = Instance.objects.filter(sop_uid=parsed.sop_uid).values_list("sha256", "series_id", "pk").first()
@@ -223,6 +263,7 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
                 rows=parsed.rows,
                 columns=parsed.columns,
                 bits_allocated=parsed.bits_allocated,
+                samples_per_pixel=parsed.samples_per_pixel,
                 number_of_frames=parsed.number_of_frames,
                 transfer_syntax_uid=parsed.transfer_syntax_uid,
                 pixel_data_offset=parsed.pixel_data_offset,
@@ -259,6 +300,7 @@ def _duplicate_or_conflict(existing: tuple[str, int, int], sha256: str, outcome)
     return outcome(
         Outcome.REJECTED,
         "an instance with this SOP Instance UID is already stored with different content",
+        failure_code=PROCESSING_FAILURE,
     )
 
 
@@ -268,7 +310,8 @@ def _study_for(parsed: ParsedDicom) -> tuple[Study, bool]:
     if not created and study.patient_id and new_patient and study.patient_id != new_patient:
         raise InvalidDicom(
             f"study {parsed.study_uid} is stored for patient ID {study.patient_id!r} "
-            f"but this file says {new_patient!r}"
+            f"but this file says {new_patient!r}",
+            DOES_NOT_MATCH_SOP_CLASS,
         )
     return study, created
 
@@ -280,15 +323,16 @@ def _series_for(study: Study, parsed: ParsedDicom) -> Series:
     if created:
         return series
     if series.study_id != study.pk:
-        raise InvalidDicom(f"series {parsed.series_uid} already belongs to another study")
+        raise InvalidDicom(f"series {parsed.series_uid} already belongs to another study", DOES_NOT_MATCH_SOP_CLASS)
     if series.modality != parsed.series["modality"]:
         raise InvalidDicom(
-            f"inconsistent series: modality {parsed.series['modality']!r}, the series is {series.modality!r}"
+            f"inconsistent series: modality {parsed.series['modality']!r}, the series is {series.modality!r}",
+            DOES_NOT_MATCH_SOP_CLASS,
         )
     if series.modality in VOLUME_MODALITIES and not parsed.is_localizer:
         problems = _geometry_conflicts(series, parsed.series)
         if problems and series.instances.exclude(image_type__icontains="LOCALIZER").exists():
-            raise InvalidDicom("inconsistent series geometry: " + "; ".join(problems))
+            raise InvalidDicom("inconsistent series geometry: " + "; ".join(problems), DOES_NOT_MATCH_SOP_CLASS)
         if problems:
             # The series so far holds only localizers: its geometry comes from this first slice.
             for field in GEOMETRY_FIELDS:

@@ -49,7 +49,9 @@ class Command(BaseCommand):
                 "--hostname", "radloop@%h",
             ],
         }
-        procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
+        env = dict(os.environ)
+        env.setdefault("DICOMWEB_BASE_URL", f"http://{options['bind']}/dicomweb")
+        procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, env=env) for name, cmd in commands.items()}
         stopping = False
 
         def stop(signum, frame):
