@@ -156,8 +156,8 @@ def zip_of(paths: list[Path], target: Path) -> Path:
 def via_http(paths: list[Path], parallel: int, per_request: int, stats: dict) -> float:
     port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "webapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "3", "--timeout", "600", "--log-level", "warning"],
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:webapp.gunicorn_conf",
+         "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--access-logfile", "/dev/null"],
         cwd=ROOT, env=dict(os.environ),
     )
     base = f"http://127.0.0.1:{port}"

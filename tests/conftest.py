@@ -28,6 +28,14 @@ def _real_postgres(request):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Role and token look-ups are cached per process; no test sees another's."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -104,8 +112,8 @@ def gunicorn_server(server_env, tmp_path):
     env = {**server_env, "DICOMWEB_BASE_URL": f"{base}/dicomweb"}
     log = open(tmp_path / "gunicorn.log", "wb")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "webapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--timeout", "120", "--log-level", "warning"],
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:webapp.gunicorn_conf",
+         "--bind", f"127.0.0.1:{port}", "--workers", "2", "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60

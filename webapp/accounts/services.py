@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, User
+from django.core.cache import cache
 from django.db import transaction
 from django.http import HttpRequest
 
@@ -21,9 +22,25 @@ def has_role(user: AbstractBaseUser | AnonymousUser, *roles: str) -> bool:
         return True
     names = getattr(user, "_radloop_roles", None)
     if names is None:
-        names = set(user.groups.values_list("name", flat=True))
+        names = cache.get(_roles_key(user.pk))
+        if names is None:
+            names = set(user.groups.values_list("name", flat=True))
+            cache.set(_roles_key(user.pk), names, ROLE_CACHE_SECONDS)
         user._radloop_roles = names
     return bool(names.intersection(roles))
+
+
+# Role and token look-ups are cached briefly per process: a viewer makes hundreds of requests a
+# minute. A role change or token revocation reaches other processes within this many seconds.
+ROLE_CACHE_SECONDS = 30
+
+
+def _roles_key(user_id) -> str:
+    return f"roles:{user_id}"
+
+
+def forget_roles(user_id) -> None:
+    cache.delete(_roles_key(user_id))
 
 
 def can_upload(user) -> bool:
@@ -103,6 +120,10 @@ def user_for_token(key: str):
 
     if not key.startswith(ApiToken.PREFIX) or len(key) > 100:
         return None
+    cache_key = f"token:{ApiToken.hash_key(key)}"
+    user = cache.get(cache_key)
+    if user is not None:
+        return user
     token = (
         ApiToken.objects.select_related("user")
         .filter(key_hash=ApiToken.hash_key(key), revoked_at__isnull=True, user__is_active=True)
@@ -113,4 +134,13 @@ def user_for_token(key: str):
     now = timezone.now()
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    cache.set(cache_key, token.user, ROLE_CACHE_SECONDS)
     return token.user
+
+
+def revoke_token(token) -> None:
+    from django.utils import timezone
+
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    cache.delete(f"token:{token.key_hash}")

@@ -1,8 +1,20 @@
 """Logins, logouts and failed logins go to the audit log."""
+from django.contrib.auth.models import User
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db.models.signals import m2m_changed
 from django.dispatch import receiver
 
-from .services import audit
+from .services import audit, forget_roles
+
+
+@receiver(m2m_changed, sender=User.groups.through)
+def _roles_changed(sender, instance, action, pk_set, **kwargs):
+    if action in ("post_add", "post_remove", "post_clear"):
+        if isinstance(instance, User):
+            forget_roles(instance.pk)
+        else:  # a group's members changed
+            for user_id in pk_set or ():
+                forget_roles(user_id)
 
 
 @receiver(user_logged_in)

@@ -83,15 +83,13 @@ def get_instance(request, study_uid: str, series_uid: str, sop_uid: str) -> Inst
     """The instance, after the role check, with its UIDs validated and consistent."""
     for value, what in ((study_uid, "StudyInstanceUID"), (series_uid, "SeriesInstanceUID"), (sop_uid, "SOPInstanceUID")):
         valid_uid(value, what)
-    studies_for_user(request.user)  # role check before any lookup
-    inst = (
-        Instance.objects.select_related("series__study")
-        .filter(sop_uid=sop_uid, series__series_uid=series_uid, series__study__study_uid=study_uid)
-        .first()
-    )
-    if inst is None:
-        raise DicomWebError(404, "no such instance in this study and series")
-    return inst
+    # The role was checked by @dicomweb_view before this lookup; this is the hot path of a viewer.
+    try:
+        return Instance.objects.select_related("series__study").get(
+            sop_uid=sop_uid, series__series_uid=series_uid, series__study__study_uid=study_uid
+        )
+    except Instance.DoesNotExist:
+        raise DicomWebError(404, "no such instance in this study and series") from None
 
 
 def get_series(request, study_uid: str, series_uid: str) -> Series:

@@ -39,9 +39,8 @@ class Command(BaseCommand):
         bin_dir = os.path.dirname(sys.executable)
         commands = {
             "web": [
-                os.path.join(bin_dir, "gunicorn"), "webapp.wsgi:application",
+                os.path.join(bin_dir, "gunicorn"), "-c", "python:webapp.gunicorn_conf",
                 "--bind", options["bind"], "--workers", str(options["web_workers"]),
-                "--timeout", "600", "--graceful-timeout", "30", "--access-logfile", "-",
             ],
             "worker": [
                 os.path.join(bin_dir, "celery"), "-A", "workers", "worker", "-Q", "cpu,gpu",
