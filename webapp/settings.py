@@ -79,6 +79,8 @@ INSTALLED_APPS = [
     "webapp.accounts",
     "webapp.archive",
     "webapp.dicomweb",
+    "webapp.review",
+    "webapp.modelops",
 ]
 
 MIDDLEWARE = [
@@ -176,6 +178,12 @@ ARCHIVE_MAX_ZIP_RATIO = envint("ARCHIVE_MAX_ZIP_RATIO", 200)  # uncompressed / c
 DICOMWEB_BASE_URL = env("DICOMWEB_BASE_URL", "http://127.0.0.1:8000/dicomweb")
 DICOMWEB_MAX_STOW_BYTES = envint("DICOMWEB_MAX_STOW_BYTES", 4 * 1024 * 1024 * 1024)
 
+# --- Models -----------------------------------------------------------------------------------
+BASELINE_MODEL_PATH = env("BASELINE_MODEL_PATH", "ml/weights/baseline-v1.pt")
+# A running inference without a heartbeat for this long (its worker died), or a queued one this
+# old (its message was lost), is queued again when a worker starts or an admin asks.
+INFERENCE_STALE_SECONDS = envint("INFERENCE_STALE_SECONDS", 300)
+
 # --- Celery ---------------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", "")
 if REDIS_URL:
@@ -213,6 +221,7 @@ LOGGING = {
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ROUTES = {
     "workers.prepare_series": {"queue": "cpu"},
+    "workers.infer_series": {"queue": "gpu"},
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

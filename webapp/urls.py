@@ -7,5 +7,6 @@ urlpatterns = [
     path("", include("webapp.accounts.urls")),
     path("", include("webapp.archive.urls")),
     path("dicomweb/", include("webapp.dicomweb.urls")),
+    path("", include("webapp.modelops.urls")),
     path("django-admin/", admin.site.urls),
 ]

@@ -1,4 +1,4 @@
-from .services import can_read_studies, can_upload
+from .services import can_read_studies, can_upload, is_admin
 
 
 def roles(request):
@@ -6,4 +6,5 @@ def roles(request):
     return {
         "user_can_upload": bool(user) and can_upload(user),
         "user_can_read": bool(user) and can_read_studies(user),
+        "user_is_admin": bool(user) and is_admin(user),
     }

@@ -11,6 +11,9 @@ from django.views.decorators.http import require_GET, require_POST
 from webapp.accounts.decorators import role_required
 from webapp.accounts.models import Role
 from webapp.accounts.services import audit
+from webapp.modelops.models import InferenceRun
+from webapp.modelops.services import ai_summary
+from webapp.review.models import Finding
 
 from . import services
 from .access import get_batch_for_user, get_series_for_user, get_study_for_user, studies_for_user
@@ -48,8 +51,10 @@ def study_list(request):
     studies = studies.order_by(sort, "-created_at", "pk")
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
     modalities = _modalities_by_study([s.pk for s in page])
+    ai = ai_summary([s.pk for s in page])
     for study in page:
         study.modalities = modalities.get(study.pk, [])
+        study.ai = ai[study.pk]
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -72,7 +77,11 @@ def study_detail(request, study_uid: str):
     study = get_study_for_user(request.user, study_uid)
     audit(request.user, "archive.study.viewed", obj=study, request=request)
     series = study.series.order_by("series_number", "pk").annotate(num_instances=Count("instances"))
-    return render(request, "archive/study_detail.html", {"study": study, "series_list": series})
+    runs = {r.series_id: r for r in InferenceRun.objects.filter(series__study=study).select_related("model_version").order_by("queued_at")}
+    for s in series:
+        s.run = runs.get(s.pk)
+    findings = Finding.objects.filter(study=study).select_related("model_version", "series")
+    return render(request, "archive/study_detail.html", {"study": study, "series_list": series, "findings": findings})
 
 
 @require_GET
@@ -95,20 +104,20 @@ def series_thumbnail(request, series_uid: str):
 
 
 @require_GET
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, Role.UPLOADER)
 def upload_page(request):
     return render(request, "archive/upload.html")
 
 
 @require_POST
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, Role.UPLOADER)
 def upload_batch_create(request):
     batch = services.start_batch(request.user, request=request)
     return JsonResponse({"batch": batch.pk}, status=201)
 
 
 @require_POST
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, Role.UPLOADER)
 def upload_batch_files(request, batch_id: int):
     batch = get_batch_for_user(request.user, batch_id)
     if batch.state != batch.State.OPEN:
@@ -128,7 +137,7 @@ def upload_batch_files(request, batch_id: int):
 
 
 @require_POST
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, Role.UPLOADER)
 def upload_batch_finish(request, batch_id: int):
     batch = get_batch_for_user(request.user, batch_id)
     summary = services.finish_batch(batch, actor=request.user, request=request)
@@ -136,7 +145,7 @@ def upload_batch_finish(request, batch_id: int):
 
 
 @require_GET
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, Role.UPLOADER)
 def upload_batch_detail(request, batch_id: int):
     batch = get_batch_for_user(request.user, batch_id)
     items = batch.items.all()

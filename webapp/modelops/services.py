@@ -1,0 +1,283 @@
+"""Model registry and the inference pipeline: queue, claim, run, store, recover.
+
+Tasks in ``workers`` call these; the web app queues by task name through ``webapp.jobs``.
+A run is keyed by (series, model version): queueing again resets it, running it twice stores one
+set of findings, and a run whose worker died is found by its stale heartbeat and queued again.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from webapp import jobs
+from webapp.accounts.services import audit
+from webapp.archive import services as archive
+from webapp.archive.models import AIStatus, ReviewStatus, Series, Study
+from webapp.review.services import replace_ai_findings
+
+from .models import InferenceRun, ModelVersion
+
+log = logging.getLogger(__name__)
+State = InferenceRun.State
+INFER_TASK = "workers.infer_series"
+MODALITIES_WITH_MODELS = {"CT"}
+HEARTBEAT_SECONDS = 2.0
+
+
+class InferenceError(Exception):
+    """An expected failure (e.g. a series that cannot form a volume); shown to admins verbatim."""
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def get_champion() -> ModelVersion | None:
+    """The model that reads new studies; the shipped baseline becomes version 1 on first use."""
+    champion = ModelVersion.objects.filter(status=ModelVersion.Status.CHAMPION).first()
+    if champion is None and not ModelVersion.objects.exists():
+        champion = register_baseline()
+    return champion
+
+
+def register_baseline() -> ModelVersion | None:
+    path = Path(settings.BASELINE_MODEL_PATH)
+    full = path if path.is_absolute() else Path(settings.BASE_DIR) / path
+    if not full.exists():
+        log.error("no baseline model file at %s", full)
+        return None
+    from ml.checkpoint import load_model_file
+
+    payload = load_model_file(full)
+    metadata = {k: v for k, v in payload.items() if k != "models"}
+    version, _ = ModelVersion.objects.get_or_create(
+        version=1,
+        defaults=dict(name="baseline", file_path=str(path), sha256=file_sha256(full),
+                      status=ModelVersion.Status.CHAMPION, metadata=_jsonable(metadata), promoted_at=timezone.now()),
+    )
+    return version
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- queueing -----------------------------------------------------------------------------------
+
+
+def prepare_and_queue(series_id: int) -> InferenceRun | None:
+    """After upload: geometry + thumbnail, then an inference run if a model reads this modality."""
+    archive.prepare_series(series_id)
+    return queue_inference(Series.objects.select_related("study").get(pk=series_id))
+
+
+def queue_inference(series: Series, *, model: ModelVersion | None = None, actor=None) -> InferenceRun | None:
+    """Create or reset the run for (series, model) and send it to the gpu queue after commit."""
+    if series.modality not in MODALITIES_WITH_MODELS:
+        run, _ = InferenceRun.objects.update_or_create(
+            series=series, model_version=None,
+            defaults=dict(state=State.NO_MODEL, error=f"no model reads {series.modality or 'this modality'} series",
+                          finished_at=timezone.now()),
+        )
+        update_study_status(series.study_id)
+        return run
+    model = model or get_champion()
+    if model is None:
+        raise InferenceError("no model version is available (the baseline model file is missing)")
+    with transaction.atomic():
+        run, created = InferenceRun.objects.select_for_update().get_or_create(
+            series=series, model_version=model, defaults={"requested_by": actor if getattr(actor, "pk", None) else None}
+        )
+        if not created:
+            InferenceRun.objects.filter(pk=run.pk).update(
+                state=State.QUEUED, progress=0.0, stage="", error="", queued_at=timezone.now(),
+                started_at=None, finished_at=None, heartbeat_at=None,
+            )
+        update_study_status(series.study_id)
+        jobs.enqueue_on_commit(INFER_TASK, run.pk)
+    if actor is not None:
+        audit(actor, "modelops.inference.queued", obj=run, details={"series": series.series_uid, "model": model.version})
+    return run
+
+
+def rerun_unreviewed(*, actor, model: ModelVersion | None = None) -> int:
+    """Queue every CT series of every unreviewed study with the (current) champion."""
+    count = 0
+    for series in Series.objects.filter(study__review_status=ReviewStatus.UNREVIEWED, modality__in=MODALITIES_WITH_MODELS):
+        queue_inference(series, model=model, actor=actor)
+        count += 1
+    return count
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def claim(run_id: int) -> InferenceRun | None:
+    """Compare-and-set queued/running -> running. None when the run is finished or gone."""
+    now = timezone.now()
+    claimed = InferenceRun.objects.filter(pk=run_id, state__in=[State.QUEUED, State.RUNNING]).update(
+        state=State.RUNNING, started_at=now, heartbeat_at=now, progress=0.0, stage="loading",
+        attempts=F("attempts") + 1, error="",
+    )
+    if not claimed:
+        return None
+    run = InferenceRun.objects.select_related("series__study", "model_version").get(pk=run_id)
+    update_study_status(run.series.study_id)
+    return run
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    state: str
+    findings: int = 0
+    error: str = ""
+
+
+def run_inference(run_id: int, predictor_for: Callable[[ModelVersion], object]) -> RunResult:
+    """Claim the run, read the series as a volume, predict, store findings. Safe to call twice."""
+    run = claim(run_id)
+    if run is None:
+        return RunResult(run_id, "skipped")
+    started = time.perf_counter()
+    try:
+        volume = _load_volume(run)
+        load_seconds = time.perf_counter() - started
+        predictor = predictor_for(run.model_version)
+        prediction = predictor.predict(volume, tta=False, progress=_progress_reporter(run.pk))
+        store_started = time.perf_counter()
+        with transaction.atomic():
+            stored = replace_ai_findings(run, prediction.findings)
+            timings = {"load_volume": load_seconds, **prediction.timings, "store": time.perf_counter() - store_started}
+            InferenceRun.objects.filter(pk=run.pk).update(
+                state=State.DONE, progress=1.0, stage="done", device=prediction.device, findings_count=stored,
+                case_uncertainty=prediction.case_uncertainty, finished_at=timezone.now(),
+                timings={k: round(v, 3) for k, v in timings.items()},
+            )
+            update_study_status(run.series.study_id)
+        return RunResult(run.pk, State.DONE, stored)
+    except InferenceError as exc:
+        return _fail(run, str(exc))
+    except Exception:
+        trace = uuid.uuid4().hex[:8]
+        log.exception("inference run %s failed (trace %s)", run.pk, trace)
+        return _fail(run, f"internal error while reading this series (trace id {trace}); see the worker log")
+
+
+def _load_volume(run: InferenceRun):
+    from ml.volumes import SeriesError, load_series
+
+    storage = archive.archive_storage()
+    paths = [storage.path(p) for p in run.series.instances.values_list("file_path", flat=True)]
+    try:
+        volume, report = load_series(paths)
+    except SeriesError as exc:
+        raise InferenceError(f"this series cannot be read as a CT volume: {exc}") from None
+    except Exception as exc:  # unreadable pixels, corrupt files
+        raise InferenceError(f"this series cannot be read as a CT volume: {type(exc).__name__}: {exc}") from None
+    if report.warnings:
+        InferenceRun.objects.filter(pk=run.pk).update(stage="; ".join(report.warnings)[:50])
+    return volume
+
+
+def _progress_reporter(run_id: int) -> Callable[[float, str], None]:
+    last = [0.0]
+
+    def report(fraction: float, stage: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= HEARTBEAT_SECONDS or fraction >= 1.0:
+            last[0] = now
+            InferenceRun.objects.filter(pk=run_id, state=State.RUNNING).update(
+                progress=max(0.0, min(1.0, fraction)), stage=stage[:50], heartbeat_at=timezone.now()
+            )
+
+    return report
+
+
+def _fail(run: InferenceRun, reason: str) -> RunResult:
+    InferenceRun.objects.filter(pk=run.pk).update(state=State.FAILED, error=reason, finished_at=timezone.now(), stage="failed")
+    update_study_status(run.series.study_id)
+    audit(None, "modelops.inference.failed", obj=run, details={"series": run.series.series_uid, "error": reason[:500]})
+    return RunResult(run.pk, State.FAILED, error=reason)
+
+
+def update_study_status(study_id: int) -> str:
+    """uploaded -> processing -> ai_ready / ai_failed / no_model, from the study's runs."""
+    runs = InferenceRun.objects.filter(series__study_id=study_id)
+    states = set(runs.values_list("state", flat=True))
+    if states & {State.QUEUED, State.RUNNING}:
+        status = AIStatus.PROCESSING
+    elif State.FAILED in states:
+        status = AIStatus.AI_FAILED
+    elif State.DONE in states:
+        status = AIStatus.AI_READY
+    elif State.NO_MODEL in states:
+        status = AIStatus.NO_MODEL
+    else:
+        status = AIStatus.UPLOADED
+    Study.objects.filter(pk=study_id).exclude(ai_status=status).update(ai_status=status)
+    return status
+
+
+# --- recovery -----------------------------------------------------------------------------------
+
+
+def recover_stalled_runs(*, stale_seconds: int | None = None, actor=None) -> list[int]:
+    """Queue again the runs whose worker died (running, no heartbeat) or whose message was lost
+    (queued long ago, e.g. the broker restarted without persistence). Returns their ids."""
+    stale = timedelta(seconds=stale_seconds if stale_seconds is not None else settings.INFERENCE_STALE_SECONDS)
+    cutoff = timezone.now() - stale
+    stalled = InferenceRun.objects.filter(
+        Q(state=State.RUNNING, heartbeat_at__lt=cutoff) | Q(state=State.QUEUED, queued_at__lt=cutoff)
+    ).select_related("series", "model_version")
+    recovered = []
+    for run in stalled:
+        queue_inference(run.series, model=run.model_version, actor=actor)
+        recovered.append(run.pk)
+    if recovered:
+        log.warning("re-queued %d stalled inference run(s): %s", len(recovered), recovered)
+    return recovered
+
+
+# --- what the case browser shows ------------------------------------------------------------------
+
+
+def ai_summary(study_ids: list[int]) -> dict[int, dict]:
+    """Per study: progress of its active runs (0..1 or None), AI findings count, largest diameter (mm),
+    and the error of a failed run."""
+    from django.db.models import Avg, Count, Max
+
+    from webapp.review.models import Finding
+
+    out = {sid: {"progress": None, "findings": 0, "largest_mm": None, "error": ""} for sid in study_ids}
+    active = (InferenceRun.objects.filter(series__study_id__in=study_ids, state__in=[State.QUEUED, State.RUNNING])
+              .values("series__study_id").annotate(p=Avg("progress")))
+    for row in active:
+        out[row["series__study_id"]]["progress"] = row["p"]
+    stats = (Finding.objects.filter(study_id__in=study_ids, source=Finding.Source.AI)
+             .values("study_id").annotate(n=Count("id"), largest=Max("diameter_mm")))
+    for row in stats:
+        out[row["study_id"]].update(findings=row["n"], largest_mm=row["largest"])
+    for run in InferenceRun.objects.filter(series__study_id__in=study_ids, state=State.FAILED).only("error", "series__study_id").select_related("series"):
+        out[run.series.study_id]["error"] = run.error
+    return out
