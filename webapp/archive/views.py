@@ -127,12 +127,10 @@ def upload_batch_files(request, batch_id: int):
         return JsonResponse({"error": "No files in the request (form field 'files')."}, status=400)
     # Browsers send the relative path (folder uploads) beside each file; Django keeps basenames only.
     paths = request.POST.getlist("paths")
-    outcomes = []
-    for index, uploaded in enumerate(files):
-        name = paths[index].strip()[:1024] if len(paths) == len(files) else ""
-        outcomes.extend(
-            services.ingest_upload(batch, uploaded, name=name or uploaded.name, actor=request.user, request=request)
-        )
+    names = [p.strip()[:1024] for p in paths] if len(paths) == len(files) else [""] * len(files)
+    outcomes = services.ingest_uploads(
+        batch, [(name or f.name, f) for name, f in zip(names, files)], actor=request.user, request=request
+    )
     return JsonResponse({"results": [o.as_dict() for o in outcomes]})
 
 

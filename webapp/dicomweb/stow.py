@@ -111,22 +111,34 @@ def store(request, *, study_uid: str | None) -> tuple[int, dict]:
             if not parts:
                 raise bad_request("the multipart body holds no parts")
             batch = services.start_batch(request.user, UploadBatch.Source.STOW, request=request)
-            outcomes = [_store_part(batch, request, buffer, i, part, study_uid) for i, part in enumerate(parts)]
+            outcomes = _store_parts(batch, request, buffer, parts, study_uid)
         finally:
             buffer.close()
     services.finish_batch(batch, actor=request.user, request=request)
     return _response(outcomes, study_uid)
 
 
-def _store_part(batch, request, buffer, index: int, part: Part, study_uid: str | None) -> FileOutcome:
-    name = f"part {index + 1}"
-    kind = part.content_type.split(";")[0].strip().lower()
-    if kind and kind != "application/dicom":
-        return services.reject(batch, name, f"part Content-Type {kind} is not application/dicom",
-                               code=CANNOT_UNDERSTAND, actor=request.user, request=request)
-    reader = RangeReader(buffer, part.start, part.end)
-    return services.ingest_stream(batch, name, reader, actor=request.user, request=request,
-                                  expected_study_uid=study_uid)
+def _store_parts(batch, request, buffer, parts: list[Part], study_uid: str | None) -> list[FileOutcome]:
+    """Parts in order: wrong part types are refused, DICOM parts staged and stored together."""
+    outcomes: list[FileOutcome] = []
+    pending = []
+
+    def flush():
+        outcomes.extend(services.ingest_streams(batch, pending, actor=request.user, request=request,
+                                                expected_study_uid=study_uid))
+        pending.clear()
+
+    for index, part in enumerate(parts):
+        name = f"part {index + 1}"
+        kind = part.content_type.split(";")[0].strip().lower()
+        if kind and kind != "application/dicom":
+            flush()
+            outcomes.append(services.reject(batch, name, f"part Content-Type {kind} is not application/dicom",
+                                            code=CANNOT_UNDERSTAND, actor=request.user, request=request))
+        else:
+            pending.append((name, RangeReader(buffer, part.start, part.end)))
+    flush()
+    return outcomes
 
 
 def _response(outcomes: list[FileOutcome], study_uid: str | None) -> tuple[int, dict]:
