@@ -1,6 +1,8 @@
 """A real Celery worker process on the real Redis broker, against the test database."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,29 +40,31 @@ def worker_env(server_env, clean_broker):
 
 @pytest.fixture
 def start_worker(worker_env, tmp_path):
-    """Start `celery -A workers worker` processes; all are stopped at the end of the test."""
+    """Start `celery -A workers worker` processes (each in its own process group, so a test can
+    SIGKILL a whole worker); all are stopped at the end of the test."""
     procs: list[subprocess.Popen] = []
 
-    def start(queues: str = "cpu,gpu", name: str = "w1") -> subprocess.Popen:
-        log = open(tmp_path / f"worker-{name}.log", "wb")
+    def start(queues: str = "cpu,gpu", name: str = "w1", **extra_env) -> subprocess.Popen:
+        log_path = tmp_path / f"worker-{name}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queues, "--concurrency", "1",
              "--loglevel", "INFO", "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env={**worker_env, **extra_env}, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        proc.log_path = tmp_path / f"worker-{name}.log"
+        proc.log_path = log_path
         procs.append(proc)
-        wait_for(lambda: b"ready." in proc.log_path.read_bytes() or proc.poll() is not None, 60, what="worker start")
+        wait_for(lambda: b"ready." in log_path.read_bytes() or proc.poll() is not None, 60, what="worker start")
         if proc.poll() is not None:
-            raise AssertionError("worker died at start:\n" + proc.log_path.read_text())
+            raise AssertionError("worker died at start:\n" + log_path.read_text())
         return proc
 
     yield start
     for proc in procs:
         if proc.poll() is None:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,1 @@
+"""Training: cached phantom data, patch samplers, losses and the training loop."""
