@@ -11,7 +11,18 @@ SORTS = {
     "patient_id": "Patient ID",
     "-created_at": "Recently uploaded",
     "-num_instances": "Most images",
+    "-max_uncertainty": "Most uncertain AI first",
+    "-largest_mm": "Largest AI finding first",
+    "-ai_findings": "Most AI findings first",
 }
+# Every column the case browser can sort by (ascending key; "-key" sorts descending). Whitelisted:
+# nothing else from the query string reaches order_by.
+SORTABLE_COLUMNS = (
+    "patient_name", "patient_id", "study_date", "first_modality", "num_instances", "ai_status", "ai_findings",
+    "largest_mm", "max_uncertainty", "review_status", "assignee_name", "created_at",
+)
+ASSIGNMENT_CHOICES = [("", "All cases"), ("mine", "Assigned to me"), ("unassigned", "Unassigned")]
+AI_RESULT_CHOICES = [("", "AI positive or negative"), ("positive", "AI positive"), ("negative", "AI negative")]
 
 
 class StudyFilterForm(forms.Form):
@@ -21,7 +32,15 @@ class StudyFilterForm(forms.Form):
     modality = forms.CharField(required=False, max_length=16)
     review_status = forms.ChoiceField(required=False, choices=[("", "Any review status"), *ReviewStatus.choices])
     ai_status = forms.ChoiceField(required=False, choices=[("", "Any AI status"), *AIStatus.choices])
-    sort = forms.ChoiceField(required=False, choices=list(SORTS.items()))
+    assigned = forms.ChoiceField(required=False, choices=ASSIGNMENT_CHOICES)
+    ai_result = forms.ChoiceField(required=False, choices=AI_RESULT_CHOICES)
+    sort = forms.CharField(required=False, max_length=32, widget=forms.Select(choices=list(SORTS.items())))
+
+    def clean_sort(self):
+        sort = self.cleaned_data["sort"]
+        if sort and sort.lstrip("-") not in SORTABLE_COLUMNS:
+            raise forms.ValidationError(f"Cannot sort by {sort!r}.")
+        return sort
 
     def clean(self):
         data = super().clean()

@@ -6,6 +6,7 @@ app_name = "archive"
 
 urlpatterns = [
     path("studies/", views.study_list, name="study_list"),
+    path("next/", views.next_case_page, name="next_case"),
     path("studies/<str:study_uid>/", views.study_detail, name="study_detail"),
     path("series/<str:series_uid>/thumbnail.png", views.series_thumbnail, name="series_thumbnail"),
     path("upload/", views.upload_page, name="upload"),

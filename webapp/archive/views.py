@@ -1,23 +1,26 @@
 """Case browser, study page, thumbnails and the upload page with its JSON API."""
 from __future__ import annotations
 
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.http import FileResponse, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils.http import quote_etag
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.accounts.decorators import role_required
 from webapp.accounts.models import Role
-from webapp.accounts.services import audit
+from webapp.accounts.services import audit, can_read_studies
 from webapp.modelops.models import InferenceRun
 from webapp.modelops.services import ai_summary
 from webapp.review.models import Finding
+from webapp.review.worklist import filter_ai_result, filter_assignment, next_case, viewer_url, with_review_columns
 
 from . import services
 from .access import get_batch_for_user, get_series_for_user, get_study_for_user, studies_for_user
-from .forms import StudyFilterForm
+from .forms import SORTABLE_COLUMNS, StudyFilterForm
 from .models import Series
 from .storage import archive_storage
 
@@ -26,7 +29,7 @@ PAGE_SIZE = 25
 
 @require_GET
 def study_list(request):
-    studies = studies_for_user(request.user)
+    studies = with_review_columns(studies_for_user(request.user))
     form = StudyFilterForm(request.GET or None)
     if form.is_valid():
         data = form.cleaned_data
@@ -45,10 +48,14 @@ def study_list(request):
             studies = studies.filter(review_status=data["review_status"])
         if data["ai_status"]:
             studies = studies.filter(ai_status=data["ai_status"])
+        studies = filter_assignment(studies, data["assigned"], request.user)
+        studies = filter_ai_result(studies, data["ai_result"])
         sort = data["sort"] or "-study_date"
     else:
         sort = "-study_date"
-    studies = studies.order_by(sort, "-created_at", "pk")
+    column = F(sort.lstrip("-"))
+    studies = studies.order_by(column.desc(nulls_last=True) if sort.startswith("-") else column.asc(nulls_last=True),
+                               "-created_at", "pk")
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
     modalities = _modalities_by_study([s.pk for s in page])
     ai = ai_summary([s.pk for s in page])
@@ -60,8 +67,33 @@ def study_list(request):
     return render(
         request,
         "archive/study_list.html",
-        {"form": form, "page": page, "query": query.urlencode(), "total": page.paginator.count},
+        {"form": form, "page": page, "query": query.urlencode(), "total": page.paginator.count,
+         "sort_links": _sort_links(request, sort)},
     )
+
+
+def _sort_links(request, current: str) -> dict[str, dict]:
+    """Per sortable column: the URL that sorts by it (again: the other way) and the arrow to show."""
+    links = {}
+    for key in SORTABLE_COLUMNS:
+        query = request.GET.copy()
+        query.pop("page", None)
+        query["sort"] = f"-{key}" if current == key else key
+        arrow = "▲" if current == key else "▼" if current == f"-{key}" else ""
+        links[key] = {"url": "?" + query.urlencode(), "arrow": arrow}
+    return links
+
+
+@require_GET
+def next_case_page(request):
+    """The worklist's "Next case" button: the viewer of the highest-priority case, or back to the list."""
+    if not can_read_studies(request.user):
+        raise PermissionDenied("Your role does not allow reading studies.")
+    study = next_case(request.user)
+    if study is None:
+        messages.info(request, "No unreviewed cases: every case is signed off or assigned to someone else.")
+        return redirect("archive:study_list")
+    return redirect(viewer_url(study.study_uid))
 
 
 def _modalities_by_study(study_ids: list[int]) -> dict[int, list[str]]:
