@@ -344,6 +344,8 @@ def test_assignment_rules(client, cast, study):
 @pytest.mark.parametrize("body, message", [
     (b"{not json", "The request body is not valid JSON."),
     (b"[1, 2]", "The request body must be a JSON object."),
+    (b"[" * 100000 + b"]" * 100000, "The request body is not valid JSON."),
+    (b"\xff\xfe{", "The request body is not valid JSON."),
     (b'{"action": "explode", "base_revision": 0}', "'action' must be one of"),
     (b'{"action": "accept", "finding_id": 1}', "'base_revision' must be an integer"),
     (b'{"action": "accept", "base_revision": "0", "finding_id": 1}', "'base_revision' must be an integer"),
@@ -433,3 +435,48 @@ def test_a_new_ai_run_keeps_findings_a_radiologist_touched(radiologist_client, s
     replace_ai_findings(run, [])
 
     assert list(Finding.objects.values_list("pk", flat=True)) == [findings[0].pk]
+
+
+def test_a_change_waits_for_a_concurrent_one_and_then_gets_409(transactional_db, cast, study, findings):
+    """Real concurrency, two database connections: while the first change's transaction is still open,
+    the second (same base revision) waits on the case row, then sees revision 1 and writes nothing."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    from webapp.review import services
+    from webapp.review.payloads import Conflict
+
+    services.get_case(study)  # the case row exists already: only the row lock can serialise the two
+    first_holds_lock, outcomes = threading.Event(), {}
+
+    def first():
+        try:
+            with transaction.atomic():
+                services.accept_finding(study, cast.radiologist, base_revision=0, finding_id=findings[0].pk)
+                first_holds_lock.set()
+                time.sleep(0.5)  # still uncommitted
+            outcomes["first"] = "ok"
+        finally:
+            connection.close()
+
+    def second():
+        first_holds_lock.wait(10)
+        try:
+            services.reject_finding(study, cast.radiologist2, base_revision=0, finding_id=findings[0].pk)
+            outcomes["second"] = "ok"
+        except Conflict as exc:
+            outcomes["second"] = exc.message
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    assert outcomes["first"] == "ok"
+    assert outcomes["second"].startswith("This case was changed by rita-radiologist")
+    assert ReviewRevision.objects.count() == 1 and Finding.objects.get(pk=findings[0].pk).status == "accepted"

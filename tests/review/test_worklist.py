@@ -113,6 +113,7 @@ def test_a_column_header_sorts_and_then_reverses(radiologist_client, worklist):
 
     assert 'href="?sort=-largest_mm&amp;assigned=unassigned">Largest</a> ▲' in html
     assert 'href="?sort=max_uncertainty&amp;assigned=unassigned">Uncertainty</a> </th>' in html
+    assert '<option value="largest_mm" selected>By largest mm (ascending)</option>' in html  # kept on "Apply"
 
 
 def test_next_case_order(client, cast, worklist):

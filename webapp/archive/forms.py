@@ -36,6 +36,14 @@ class StudyFilterForm(forms.Form):
     ai_result = forms.ChoiceField(required=False, choices=AI_RESULT_CHOICES)
     sort = forms.CharField(required=False, max_length=32, widget=forms.Select(choices=list(SORTS.items())))
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        current = self.data.get("sort", "") if self.data else ""
+        if current and current not in SORTS and current.lstrip("-") in SORTABLE_COLUMNS:
+            # sorted by a column header: keep that order selected when the filters are applied again
+            label = current.lstrip("-").replace("_", " ")
+            self.fields["sort"].widget.choices = [*SORTS.items(), (current, f"By {label} ({'descending' if current.startswith('-') else 'ascending'})")]
+
     def clean_sort(self):
         sort = self.cleaned_data["sort"]
         if sort and sort.lstrip("-") not in SORTABLE_COLUMNS:

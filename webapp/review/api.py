@@ -82,7 +82,7 @@ def _body(request) -> dict:
         raise BadInput(f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB.")
     try:
         body = json.loads(request.body or b"")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadInput("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise BadInput("The request body must be a JSON object.")
