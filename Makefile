@@ -23,7 +23,17 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/acti
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime-installed
 
-setup: $(VENV)/.runtime-installed
+# The viewer bundle (frontend/ -> static/dist/): npm ci when the lock file changes, a build when a source does.
+FRONTEND_SOURCES := frontend/package.json frontend/vite.config.js $(shell find frontend/src -type f 2>/dev/null)
+frontend/node_modules/.ci-stamp: frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+static/dist/.built: frontend/node_modules/.ci-stamp $(FRONTEND_SOURCES)
+	cd frontend && npm run build --silent
+	touch $@
+
+setup: $(VENV)/.runtime-installed static/dist/.built
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 
@@ -49,7 +59,7 @@ system-test-deps:
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
 
-test: $(VENV)/.dev-installed services system-test-deps
+test: $(VENV)/.dev-installed static/dist/.built services system-test-deps
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest
 
 clean-var:

@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "webapp.dicomweb",
     "webapp.review",
     "webapp.modelops",
+    "webapp.viewer",
 ]
 
 MIDDLEWARE = [

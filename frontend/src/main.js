@@ -1,0 +1,639 @@
+// RadLoop CT viewer: entry point. Reads the page's config, opens the study's CT series, wires the
+// findings panel, keyboard and mouse, and exposes window.radloopViewer for tests and benchmarks.
+import './viewer.css';
+import { HttpError, getJSON } from './api.js';
+import { CTViewer, PRESETS, initCornerstone } from './viewer.js';
+import { defaultSeries, listSeries, loadSeries } from './series.js';
+import { FindingLabelmap } from './labelmap.js';
+import { STATUS_COLOURS, drawOverlay, findingKey, renderDetail, renderList } from './findings.js';
+import { SaveQueue } from './queue.js';
+
+const config = JSON.parse(document.getElementById('viewer-config').textContent);
+const $ = (sel) => document.querySelector(sel);
+const app = $('#viewer-app');
+const SAVE_TEXT = { idle: '', saving: 'saving…', saved: 'saved', offline: 'offline, will retry', retrying: 'offline, will retry', conflict: 'not saved: conflict' };
+
+export const SHORTCUTS = [
+  ['Mouse wheel, ↑ / ↓, PgUp / PgDn, scrollbar', 'Scroll slices (down: towards the feet; Shift: 10 slices)'],
+  ['Home / End', 'First / last slice'],
+  ['Left drag', 'Active tool (window/level by default)'],
+  ['Right drag / middle drag', 'Zoom / pan'],
+  ['1 / 2 / 3 / 4', 'Window presets: lung -600/1500, mediastinum 50/350, bone 500/2000, abdomen 40/400'],
+  ['W / P / Z', 'Tool: window/level, pan, zoom'],
+  ['L', 'Length measurement (mm)'],
+  ['C', 'Crosshairs (MPR)'],
+  ['Space', 'Reset zoom, pan and window'],
+  ['J / K', 'Next / previous finding (all views jump to it)'],
+  ['A', 'Accept the selected finding'],
+  ['R', 'Reject the selected finding (optional reason, Enter to confirm)'],
+  ['B / E', 'Brush / eraser on the selected finding\'s mask'],
+  ['[ / ]', 'Smaller / larger brush'],
+  ['T', 'Brush only inside the HU window on / off'],
+  ['N', 'Add a missed finding (click its centre)'],
+  ['Ctrl+Z / Ctrl+Y', 'Undo / redo (saved as restore actions)'],
+  ['?', 'This help'],
+  ['Esc', 'Close help, cancel'],
+];
+
+const state = {
+  ready: false, loaded: false, error: null,
+  seriesList: [], series: null, caseInfo: null, apiError: null,
+  findings: [], selected: null, nextLocal: 1,
+  undo: [], redo: [], pending: new Map(), // client_ref -> undo entry awaiting the server's finding
+  segIndex: new Map(), // finding object -> labelmap segment index
+  saveStatus: 'idle', conflict: null, lastError: null,
+};
+let viewer;
+let labelmap = null;
+let queue = null;
+
+// ---- start -------------------------------------------------------------------------------------
+
+async function start() {
+  initCornerstone();
+  viewer = new CTViewer({
+    container: $('#viewports'),
+    onSliceChange: (name) => { scheduleDraw(); updateSliceLabel(name); },
+    onVoiChange: () => updateVoiLabel(),
+    onRender: () => scheduleDraw(),
+  });
+  buildChrome();
+  const wanted = new URLSearchParams(location.search).get('series');
+  const [seriesList, review] = await Promise.all([
+    listSeries(config.dicomwebRoot, config.studyUid),
+    getJSON(config.reviewApi).catch((err) => { state.apiError = err; return null; }),
+  ]);
+  state.seriesList = seriesList;
+  if (!seriesList.length) throw new Error('This study has no series.');
+  const chosen = seriesList.find((s) => s.seriesUid === wanted) || defaultSeries(seriesList);
+  renderSeriesBar(chosen.seriesUid);
+  setLoading(`Loading ${chosen.numInstances || ''} images…`);
+  state.series = await loadSeries(config.dicomwebRoot, config.studyUid, chosen.seriesUid);
+  if (review) takeCase(review);
+  else $('#findings-note').textContent = `Findings unavailable: ${state.apiError?.message || 'no answer'}.`;
+
+  await viewer.openSeries(state.series, {
+    onFirstImage: () => {
+      performance.mark('radloop:first-image');
+      performance.measure('radloop:time-to-first-image', { start: 0, end: 'radloop:first-image' });
+      setupFindings();
+      state.ready = true;
+      app.dataset.ready = '1';
+      updateSliceLabel('stack');
+      updateVoiLabel();
+    },
+    onProgress: (done, total) => setLoading(done < total ? `Loading ${done}/${total} images…` : ''),
+  });
+  performance.mark('radloop:series-loaded');
+  performance.measure('radloop:time-to-series-loaded', { start: 0, end: 'radloop:series-loaded' });
+  if (!state.series.mprReason) {
+    await viewer.enterMpr();
+    if (labelmap) { await labelmap.attach(['axial', 'coronal', 'sagittal']); colourSegments(); }
+    $('#mpr-note').textContent = 'MPR: axial · coronal · sagittal';
+    for (const name of viewer.names) updateSliceLabel(name);
+  } else {
+    $('#mpr-note').textContent = `No MPR: ${state.series.mprReason}.`;
+  }
+  setLoading('');
+  state.loaded = true;
+  app.dataset.loaded = '1';
+  scheduleDraw();
+}
+
+function takeCase(review) {
+  state.caseInfo = review.case;
+  $('#case-status').textContent = review.case.review_status.replace('_', ' ');
+  $('#case-status').className = `badge review-${review.case.review_status}`;
+  $('#case-comment').value = review.case.comment || '';
+  state.findings = review.findings
+    .filter((f) => f.series_uid === state.series.seriesUid)
+    .map((f) => ({ ...f }));
+  queue = new SaveQueue({
+    url: `${config.reviewApi}actions/`,
+    storageKey: `radloop.queue.${config.studyUid}.${config.user}`,
+    onSaved, onStatus: setSaveStatus, onConflict: showConflict, onRejected,
+  });
+  queue.start(review.case.revision);
+  $('#findings-note').textContent = state.findings.length ? '' : 'No findings for this series yet.';
+}
+
+function setupFindings() {
+  try {
+    labelmap = new FindingLabelmap(state.series);
+    labelmap.attach(['stack']).then(colourSegments);
+  } catch (err) {
+    console.error(err);
+    labelmap = null;
+    $('#findings-note').textContent = `Masks cannot be shown here (${err.message}).`;
+  }
+  state.findings.forEach((f) => assignSegment(f));
+  renderFindings();
+}
+
+function assignSegment(f) {
+  if (state.segIndex.has(f)) return state.segIndex.get(f);
+  const used = new Set(state.segIndex.values());
+  let idx = 1;
+  while (used.has(idx)) idx += 1;
+  state.segIndex.set(f, idx);
+  if (labelmap && f.mask) labelmap.setMask(idx, f.mask);
+  colourSegments();
+  return idx;
+}
+
+function colourSegments() {
+  if (!labelmap) return;
+  for (const [f, idx] of state.segIndex) {
+    const [r, g, b] = STATUS_COLOURS[f.status] || [255, 255, 255];
+    labelmap.setColor(idx, [r, g, b, f.status === 'rejected' ? 90 : 255]);
+  }
+  labelmap.modified();
+}
+
+// ---- chrome: toolbar, series bar, help ---------------------------------------------------------
+
+function buildChrome() {
+  $('#help-table').innerHTML = SHORTCUTS.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join('');
+  $('#help-button').addEventListener('click', toggleHelp);
+  $('#help').addEventListener('click', (e) => { if (e.target.id === 'help') toggleHelp(false); });
+  $('#conflict-reload').addEventListener('click', () => { queue?.discard(); location.reload(); });
+  for (const btn of document.querySelectorAll('[data-tool]')) btn.addEventListener('click', () => setTool(btn.dataset.tool));
+  for (const btn of document.querySelectorAll('[data-preset]')) btn.addEventListener('click', () => applyPreset(btn.dataset.preset));
+  $('#reset-button').addEventListener('click', () => viewer.reset());
+  $('#brush-size').addEventListener('input', updateBrushLabel);
+  $('#mask-opacity').addEventListener('input', (e) => labelmap?.setOpacity(Number(e.target.value)));
+  $('#case-comment-save').addEventListener('click', () => act({ action: 'comment', text: $('#case-comment').value }));
+  $('#signoff').addEventListener('click', () => act({ action: 'signoff' }));
+  $('#findings-list').addEventListener('click', (e) => {
+    const li = e.target.closest('[data-finding-id]');
+    if (li) select(findFinding(li.dataset.findingId), { jump: true });
+  });
+  document.addEventListener('keydown', onKey);
+  for (const name of ['stack', 'axial', 'coronal', 'sagittal']) {
+    const vp = $(`#vp-${name}`);
+    const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+    svg.classList.add('vp-overlay');
+    vp.appendChild(svg);
+    const label = document.createElement('div');
+    label.className = 'vp-label';
+    vp.appendChild(label);
+    const bar = document.createElement('input');
+    bar.type = 'range';
+    bar.className = 'vp-scrollbar';
+    bar.setAttribute('aria-label', `${name} slice`);
+    bar.addEventListener('input', () => viewer.scrollTo(Number(bar.value), name));
+    vp.appendChild(bar);
+    const el = vp.querySelector('.vp-el');
+    el.addEventListener('pointermove', (e) => onPointerMove(name, e));
+    el.addEventListener('pointerleave', () => { $('#cursor-readout').textContent = ''; });
+    el.addEventListener('pointerdown', (e) => onPointerDown(name, e), true);
+  }
+  window.addEventListener('resize', () => { viewer.engine.resize(true, true); scheduleDraw(); });
+  updateBrushLabel();
+}
+
+function renderSeriesBar(current) {
+  $('#series-bar').innerHTML = state.seriesList.map((s) => `
+    <a class="series-item${s.seriesUid === current ? ' current' : ''}" href="?series=${encodeURIComponent(s.seriesUid)}" data-series-uid="${s.seriesUid}">
+      <img alt="" loading="lazy" src="${config.dicomwebRoot}/studies/${config.studyUid}/series/${s.seriesUid}/thumbnail">
+      <span>${s.modality} #${s.number ?? '?'} ${s.description || ''}<br><span class="muted">${s.numInstances} images</span></span>
+    </a>`).join('');
+}
+
+function toggleHelp(show) {
+  const help = $('#help');
+  help.hidden = typeof show === 'boolean' ? !show : !help.hidden;
+}
+
+function setTool(tool) {
+  viewer.setTool(['brush', 'eraser', 'add'].includes(tool) ? 'none' : tool);
+  state.tool = tool;
+  for (const btn of document.querySelectorAll('[data-tool]')) btn.classList.toggle('active', btn.dataset.tool === tool);
+  app.dataset.tool = tool;
+}
+
+function applyPreset(key) {
+  const p = PRESETS[key];
+  if (p) viewer.setVoi(p.center, p.width);
+}
+
+function updateBrushLabel() {
+  $('#brush-size-out').textContent = `${Number($('#brush-size').value)} mm`;
+}
+
+function setLoading(text) {
+  const el = $('#loading');
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+function updateVoiLabel() {
+  const { center, width } = viewer.voi;
+  for (const name of viewer.names) updateSliceLabel(name);
+  app.dataset.voi = `${Math.round(center)}/${Math.round(width)}`;
+}
+
+function updateSliceLabel(name) {
+  const vp = $(`#vp-${name}`);
+  const info = viewer.sliceInfo(name);
+  if (!info) return;
+  const { center, width } = viewer.voi;
+  vp.querySelector('.vp-label').textContent =
+    `${name === 'stack' ? 'axial' : name}  ${info.index + 1}/${info.count}  ${info.axis} ${info.positionMm.toFixed(1)} mm   W ${Math.round(width)} L ${Math.round(center)}`;
+  const bar = vp.querySelector('.vp-scrollbar');
+  bar.min = 0;
+  bar.max = info.count - 1;
+  bar.value = info.index;
+}
+
+let drawPending = false;
+function scheduleDraw() {
+  if (drawPending) return;
+  drawPending = true;
+  requestAnimationFrame(() => {
+    drawPending = false;
+    if (!viewer?.series) return;
+    for (const name of viewer.names) drawOverlay($(`#vp-${name} .vp-overlay`), viewer, name, state.findings, state.selected);
+  });
+}
+
+// ---- pointer -----------------------------------------------------------------------------------
+
+function canvasPoint(name, e) {
+  const rect = viewer.elements[name].getBoundingClientRect();
+  return [e.clientX - rect.left, e.clientY - rect.top];
+}
+
+function onPointerMove(name, e) {
+  if (!state.ready) return;
+  const world = viewer.canvasToWorld(name, ...canvasPoint(name, e));
+  const hu = viewer.huAt(world);
+  const g = state.series.geometry;
+  const idx = g.worldToIndex(world).map(Math.round);
+  $('#cursor-readout').textContent = g.contains(idx)
+    ? `x ${world[0].toFixed(1)}  y ${world[1].toFixed(1)}  z ${world[2].toFixed(1)} mm   ${hu == null ? '…' : `${Math.round(hu)} HU`}   [${idx[0]}, ${idx[1]}, slice ${idx[2] + 1}]`
+    : '';
+  if (painting && painting.name === name) paintAt(name, e);
+}
+
+let painting = null;
+function onPointerDown(name, e) {
+  if (e.button !== 0 || !state.ready) return;
+  const tool = state.tool;
+  if (tool === 'add') {
+    e.stopPropagation();
+    addFinding(viewer.canvasToWorld(name, ...canvasPoint(name, e)));
+    return;
+  }
+  if (tool !== 'brush' && tool !== 'eraser') return;
+  e.stopPropagation();
+  const f = state.selected;
+  if (!f || !labelmap) { notice(f ? 'Masks need WebGL.' : 'Select a finding first (click it in the list).'); return; }
+  painting = { name, finding: f, changed: 0, before: snapshot(f) };
+  viewer.elements[name].setPointerCapture(e.pointerId);
+  paintAt(name, e);
+  const up = () => {
+    viewer.elements[name].removeEventListener('pointerup', up);
+    const p = painting;
+    painting = null;
+    if (p && p.changed) finishMask(p);
+  };
+  viewer.elements[name].addEventListener('pointerup', up);
+}
+
+function paintAt(name, e) {
+  const world = viewer.canvasToWorld(name, ...canvasPoint(name, e));
+  const vp = viewer.engine.getViewport(name);
+  const n = vp.getCamera().viewPlaneNormal;
+  const seg = assignSegment(painting.finding);
+  const useHu = $('#brush-threshold').checked;
+  painting.changed += labelmap.paintDisc(world, n, Number($('#brush-size').value) / 2, seg, {
+    erase: state.tool === 'eraser',
+    huRange: useHu ? [Number($('#brush-hu-min').value), Number($('#brush-hu-max').value)] : null,
+    huAt: (i, j, k) => viewer.huAtIndex(i, j, k),
+  });
+}
+
+function finishMask(p) {
+  const f = p.finding;
+  const mask = labelmap.getMask(state.segIndex.get(f));
+  if (!mask) {
+    notice('The mask is empty now; it was not saved (reject the finding instead).');
+    labelmap.setMask(state.segIndex.get(f), p.before.mask);
+    return;
+  }
+  change(f, { action: 'mask', mask }, { mask, status: 'edited' }, p.before);
+}
+
+// ---- actions -----------------------------------------------------------------------------------
+
+function snapshot(f) {
+  const { serverId, ...rest } = f;
+  return JSON.parse(JSON.stringify({ ...rest, id: serverId ?? f.id }));
+}
+
+function findFinding(key) {
+  return state.findings.find((f) => String(findingKey(f)) === String(key));
+}
+
+function canEdit() {
+  if (!queue) { notice('Findings cannot be changed: the review service did not answer.'); return false; }
+  if (state.conflict) { notice('Reload first: this case was changed by someone else.'); return false; }
+  return true;
+}
+
+// Applies a change locally, records it for undo and queues it for the server.
+function change(f, body, patch, before = snapshot(f)) {
+  if (!canEdit()) return;
+  Object.assign(f, patch);
+  const entry = { finding: f, before, after: snapshot(f) };
+  state.undo.push(entry);
+  state.redo = [];
+  act({ ...body, finding_id: f.serverId ?? f.id }, entry);
+  if (patch.mask !== undefined && labelmap && body.action !== 'mask') labelmap.setMask(assignSegment(f), f.mask);
+  colourSegments();
+  renderFindings();
+}
+
+let refSeq = 0;
+function act(body, undoEntry = null) {
+  if (!canEdit()) return;
+  if (undoEntry) {
+    body.client_ref = `${Date.now()}-${refSeq++}`;
+    state.pending.set(body.client_ref, undoEntry);
+  }
+  queue.push(body);
+}
+
+function onSaved(body, answer, localId) {
+  state.caseInfo = answer.case || state.caseInfo;
+  if (answer.case) {
+    $('#case-status').textContent = answer.case.review_status.replace('_', ' ');
+    $('#case-status').className = `badge review-${answer.case.review_status}`;
+  }
+  const entry = body.client_ref ? state.pending.get(body.client_ref) : null;
+  if (entry) state.pending.delete(body.client_ref);
+  if (answer.finding) {
+    let f = localId ? state.findings.find((x) => x.id === localId) : findFinding(answer.finding.id);
+    if (f) {
+      if (localId) f.serverId = answer.finding.id;
+      const stillQueued = queue.items.some((it) => String(queue.resolveId(it.body.finding_id)) === String(answer.finding.id));
+      if (!stillQueued) {
+        const { id, ...server } = answer.finding;
+        Object.assign(f, server);
+      }
+      if (entry && entry.finding === f) entry.after = snapshot(f);
+    }
+  }
+  colourSegments();
+  renderFindings();
+}
+
+function onRejected(body, message) {
+  state.lastError = message;
+  notice(`Not saved: ${message}`);
+  // the server kept its state: show it rather than ours
+  getJSON(config.reviewApi).then((review) => {
+    state.caseInfo = review.case;
+    for (const sf of review.findings) {
+      const f = findFinding(sf.id);
+      if (f) { const { id, ...rest } = sf; Object.assign(f, rest); if (labelmap) labelmap.setMask(assignSegment(f), f.mask); }
+    }
+    colourSegments();
+    renderFindings();
+  }).catch(() => {});
+}
+
+function showConflict(message) {
+  state.conflict = message;
+  $('#conflict-message').textContent = message;
+  $('#conflict').hidden = false;
+}
+
+function setSaveStatus(status) {
+  state.saveStatus = status;
+  const el = $('#save-status');
+  el.textContent = SAVE_TEXT[status] ?? status;
+  el.dataset.state = status;
+}
+
+let noticeTimer;
+function notice(text) {
+  let el = $('#notice');
+  if (!el) {
+    el = document.createElement('div');
+    el.id = 'notice';
+    el.className = 'notice';
+    el.setAttribute('role', 'status');
+    $('.viewer-head').after(el);
+  }
+  el.textContent = text;
+  el.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { el.hidden = true; }, 8000);
+}
+
+function accept() {
+  const f = state.selected;
+  if (f) change(f, { action: 'accept' }, { status: 'accepted', reject_reason: '' });
+}
+
+function reject(reason) {
+  const f = state.selected;
+  if (f) change(f, { action: 'reject', reason }, { status: 'rejected', reject_reason: reason });
+}
+
+function openRejectForm() {
+  if (!state.selected) return;
+  const form = $('#reject-form');
+  form.hidden = false;
+  $('#reject-reason').focus();
+}
+
+function addFinding(world) {
+  if (!canEdit()) return;
+  const diameter = Math.max(2, Number($('#brush-size').value) * 1.2);
+  const f = {
+    id: `new-${Date.now()}-${state.nextLocal++}`, series_uid: state.series.seriesUid, source: 'radiologist',
+    status: 'accepted', label: 'nodule', centre_mm: [...world], diameter_mm: diameter,
+    bbox_min_mm: world.map((v) => v - diameter / 2), bbox_max_mm: world.map((v) => v + diameter / 2),
+    score: null, uncertainty: null, volume_ml: null, mean_hu: null, comment: '', reject_reason: '', mask: null,
+  };
+  state.findings.push(f);
+  let mask = null;
+  if (labelmap) {
+    const seg = assignSegment(f);
+    const useHu = $('#brush-threshold').checked;
+    labelmap.paintBall(world, diameter, seg, {
+      huRange: useHu ? [Number($('#brush-hu-min').value), Number($('#brush-hu-max').value)] : null,
+      huAt: (i, j, k) => viewer.huAtIndex(i, j, k),
+    });
+    mask = labelmap.getMask(seg);
+    f.mask = mask;
+  }
+  const entry = { finding: f, before: null, after: snapshot(f) };
+  state.undo.push(entry);
+  state.redo = [];
+  const body = { action: 'add', series_uid: f.series_uid, centre_mm: f.centre_mm, diameter_mm: diameter, label: 'nodule', local_id: f.id };
+  if (mask) body.mask = mask;
+  act(body, entry);
+  setTool('wl');
+  select(f);
+}
+
+function restore(f, target) {
+  Object.assign(f, target, { id: f.id });
+  if (labelmap) labelmap.setMask(assignSegment(f), f.mask);
+  act({ action: 'restore', finding_id: f.serverId ?? f.id, state: { ...target, id: f.serverId ?? f.id } });
+  colourSegments();
+  renderFindings();
+}
+
+function undo() {
+  if (!canEdit()) return;
+  const entry = state.undo.pop();
+  if (!entry) return;
+  const f = entry.finding;
+  const target = entry.before || { ...entry.after, status: 'rejected', reject_reason: 'Added in error (undone)' };
+  state.redo.push(entry);
+  restore(f, target);
+  select(f, { jump: true });
+}
+
+function redo() {
+  if (!canEdit()) return;
+  const entry = state.redo.pop();
+  if (!entry) return;
+  state.undo.push(entry);
+  restore(entry.finding, entry.after);
+  select(entry.finding, { jump: true });
+}
+
+// ---- selection and panel -------------------------------------------------------------------------
+
+function select(f, { jump = false } = {}) {
+  state.selected = f || null;
+  if (f && jump && f.centre_mm) viewer.goTo(f.centre_mm, { centre: true });
+  renderFindings();
+}
+
+function renderFindings() {
+  renderList($('#findings-list'), state.findings, state.selected);
+  renderDetail($('#finding-detail'), state.selected, { editable: !!queue });
+  wireDetail();
+  scheduleDraw();
+}
+
+function wireDetail() {
+  const f = state.selected;
+  if (!f) return;
+  $('#accept-finding')?.addEventListener('click', accept);
+  $('#reject-finding')?.addEventListener('click', openRejectForm);
+  $('#reject-form')?.addEventListener('submit', (e) => { e.preventDefault(); reject($('#reject-reason').value.trim()); });
+  $('#finding-label')?.addEventListener('change', (e) => change(f, { action: 'label', label: e.target.value }, { label: e.target.value }));
+  $('#edit-form')?.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const fd = new FormData(e.target);
+    const centre = ['x', 'y', 'z'].map((k) => Number(fd.get(k)));
+    const diameter = Number(fd.get('diameter'));
+    if (centre.some((v) => !Number.isFinite(v)) || !(diameter > 0)) { notice('Centre and diameter must be numbers (mm).'); return; }
+    change(f, { action: 'edit', centre_mm: centre, diameter_mm: diameter }, {
+      centre_mm: centre, diameter_mm: diameter, status: 'edited',
+      bbox_min_mm: centre.map((v) => v - diameter / 2), bbox_max_mm: centre.map((v) => v + diameter / 2),
+    });
+  });
+  $('#centre-here')?.addEventListener('click', () => {
+    const p = viewer.currentWorldPoint();
+    const form = $('#edit-form');
+    ['x', 'y', 'z'].forEach((k, i) => { form.elements[k].value = p[i].toFixed(1); });
+  });
+  $('#finding-comment-save')?.addEventListener('click', () => {
+    const text = $('#finding-comment').value;
+    f.comment = text;
+    act({ action: 'comment', finding_id: f.serverId ?? f.id, text });
+  });
+}
+
+// ---- keyboard ------------------------------------------------------------------------------------
+
+function onKey(e) {
+  const typing = e.target.closest('input, textarea, select');
+  if (e.key === 'Escape') { toggleHelp(false); $('#reject-form') && ($('#reject-form').hidden = true); e.target.blur?.(); return; }
+  if (typing) return;
+  if (!state.ready) return;
+  const k = e.key;
+  if ((e.ctrlKey || e.metaKey) && (k === 'z' || k === 'Z')) { e.preventDefault(); e.shiftKey ? redo() : undo(); return; }
+  if ((e.ctrlKey || e.metaKey) && (k === 'y' || k === 'Y')) { e.preventDefault(); redo(); return; }
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const step = e.shiftKey ? 10 : 1;
+  const handlers = {
+    ArrowUp: () => viewer.scroll(-step), ArrowLeft: () => viewer.scroll(-step), PageUp: () => viewer.scroll(-10),
+    ArrowDown: () => viewer.scroll(step), ArrowRight: () => viewer.scroll(step), PageDown: () => viewer.scroll(10),
+    Home: () => viewer.scrollTo(0), End: () => viewer.scrollTo(1e9),
+    1: () => applyPreset(1), 2: () => applyPreset(2), 3: () => applyPreset(3), 4: () => applyPreset(4),
+    w: () => setTool('wl'), p: () => setTool('pan'), z: () => setTool('zoom'), l: () => setTool('length'),
+    c: () => setTool('crosshairs'), b: () => setTool('brush'), e: () => setTool('eraser'), n: () => setTool('add'),
+    ' ': () => viewer.reset(), a: accept, r: openRejectForm, '?': () => toggleHelp(),
+    j: () => stepFinding(1), k: () => stepFinding(-1),
+    '[': () => stepBrush(-0.5), ']': () => stepBrush(0.5),
+    t: () => { $('#brush-threshold').checked = !$('#brush-threshold').checked; },
+  };
+  const h = handlers[k] || handlers[k.toLowerCase()];
+  if (h) { e.preventDefault(); h(); }
+}
+
+function stepFinding(d) {
+  if (!state.findings.length) return;
+  const i = state.findings.indexOf(state.selected);
+  const next = state.findings[(i + d + state.findings.length) % state.findings.length];
+  select(next, { jump: true });
+}
+
+function stepBrush(d) {
+  const el = $('#brush-size');
+  el.value = Math.max(Number(el.min), Math.min(Number(el.max), Number(el.value) + d));
+  updateBrushLabel();
+}
+
+// ---- for tests and benchmarks ------------------------------------------------------------------
+
+window.radloopViewer = {
+  get ready() { return state.ready; },
+  get loaded() { return state.loaded; },
+  get error() { return state.error; },
+  get mode() { return viewer?.mode ?? null; },
+  get mprReason() { return state.series?.mprReason ?? null; },
+  sliceIndex: (name) => viewer.sliceInfo(name || viewer.names[0])?.index,
+  sliceCount: (name) => viewer.sliceInfo(name || viewer.names[0])?.count,
+  windowLevel: () => ({ center: viewer.voi.center, width: viewer.voi.width }),
+  findings: () => state.findings.map((f) => ({ ...snapshot(f), selected: f === state.selected })),
+  selectedFinding: () => (state.selected ? snapshot(state.selected) : null),
+  saveStatus: () => state.saveStatus,
+  queueLength: () => queue?.length ?? 0,
+  revision: () => queue?.revision ?? null,
+  conflict: () => state.conflict,
+  lastError: () => state.lastError,
+  maskVoxels: (key) => {
+    const f = findFinding(key);
+    return f && labelmap && state.segIndex.has(f) ? labelmap.count(state.segIndex.get(f)) : 0;
+  },
+  huAt: (world) => viewer.huAt(world),
+  // page coordinates (CSS px) of a patient point in a view, for tests that click on a finding
+  pagePoint: (name, world) => {
+    const [x, y] = viewer.worldToCanvas(name, world);
+    const rect = viewer.elements[name].getBoundingClientRect();
+    return [rect.left + x, rect.top + y];
+  },
+  viewportNames: () => viewer.names,
+  goTo: (world) => viewer.goTo(world),
+  timings: () => Object.fromEntries(performance.getEntriesByType('measure')
+    .filter((m) => m.name.startsWith('radloop:')).map((m) => [m.name, m.duration])),
+};
+
+start().catch((err) => {
+  console.error(err);
+  state.error = err instanceof HttpError ? `${err.status}: ${err.message}` : String(err.message || err);
+  setLoading('');
+  app.dataset.error = '1';
+  notice(`The viewer could not open this study: ${state.error}`);
+});
