@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import json
 
 import numpy as np
 import pytest
@@ -424,7 +423,6 @@ def test_revisions_are_append_only(radiologist_client, study, findings):
 
 def test_a_new_ai_run_keeps_findings_a_radiologist_touched(radiologist_client, study, findings, model):
     """Re-running the model replaces untouched proposals only: a relabelled proposal stays."""
-    from types import SimpleNamespace
 
     from webapp.modelops.models import InferenceRun
     from webapp.review.services import replace_ai_findings
