@@ -39,7 +39,9 @@ const state = {
   ready: false, loaded: false, error: null,
   seriesList: [], series: null, caseInfo: null, apiError: null,
   findings: [], selected: null, nextLocal: 1,
-  undo: [], redo: [], pending: new Map(), // client_ref -> undo entry awaiting the server's finding
+  // Undo history. An entry's before/after are the server's own finding states around that action
+  // (the API restores only states it has stored), filled in when the server answers.
+  undo: [], redo: [], entries: new Map(), // client_ref -> undo entry
   segIndex: new Map(), // finding object -> labelmap segment index
   saveStatus: 'idle', conflict: null, lastError: null,
 };
@@ -53,7 +55,7 @@ async function start() {
   initCornerstone();
   viewer = new CTViewer({
     container: $('#viewports'),
-    onSliceChange: (name) => { scheduleDraw(); updateSliceLabel(name); },
+    onSliceChange: (name) => { scheduleDraw(); updateSliceLabel(name); refreshReadout(); },
     onVoiChange: () => updateVoiLabel(),
     onRender: () => scheduleDraw(),
   });
@@ -107,11 +109,11 @@ function takeCase(review) {
   $('#case-comment').value = review.case.comment || '';
   state.findings = review.findings
     .filter((f) => f.series_uid === state.series.seriesUid)
-    .map((f) => ({ ...f }));
+    .map((f) => ({ ...f, server: JSON.parse(JSON.stringify(f)) }));
   queue = new SaveQueue({
     url: `${config.reviewApi}actions/`,
     storageKey: `radloop.queue.${config.studyUid}.${config.user}`,
-    onSaved, onStatus: setSaveStatus, onConflict: showConflict, onRejected,
+    onSaved, onStatus: setSaveStatus, onConflict: showConflict, onRejected, prepare: prepareRestore,
   });
   queue.start(review.case.revision);
   $('#findings-note').textContent = state.findings.length ? '' : 'No findings for this series yet.';
@@ -185,7 +187,7 @@ function buildChrome() {
     vp.appendChild(bar);
     const el = vp.querySelector('.vp-el');
     el.addEventListener('pointermove', (e) => onPointerMove(name, e));
-    el.addEventListener('pointerleave', () => { $('#cursor-readout').textContent = ''; });
+    el.addEventListener('pointerleave', () => { lastPointer = null; $('#cursor-readout').textContent = ''; });
     el.addEventListener('pointerdown', (e) => onPointerDown(name, e), true);
   }
   window.addEventListener('resize', () => { viewer.engine.resize(true, true); scheduleDraw(); });
@@ -264,8 +266,14 @@ function canvasPoint(name, e) {
   return [e.clientX - rect.left, e.clientY - rect.top];
 }
 
+let lastPointer = null;
+function refreshReadout() {
+  if (lastPointer) onPointerMove(lastPointer.name, lastPointer.e);
+}
+
 function onPointerMove(name, e) {
   if (!state.ready) return;
+  lastPointer = { name, e: { clientX: e.clientX, clientY: e.clientY } };
   const world = viewer.canvasToWorld(name, ...canvasPoint(name, e));
   const hu = viewer.huAt(world);
   const g = state.series.geometry;
@@ -273,7 +281,7 @@ function onPointerMove(name, e) {
   $('#cursor-readout').textContent = g.contains(idx)
     ? `x ${world[0].toFixed(1)}  y ${world[1].toFixed(1)}  z ${world[2].toFixed(1)} mm   ${hu == null ? '…' : `${Math.round(hu)} HU`}   [${idx[0]}, ${idx[1]}, slice ${idx[2] + 1}]`
     : '';
-  if (painting && painting.name === name) paintAt(name, e);
+  if (painting && painting.name === name && e.buttons) paintAt(name, e);
 }
 
 let painting = null;
@@ -289,7 +297,7 @@ function onPointerDown(name, e) {
   e.stopPropagation();
   const f = state.selected;
   if (!f || !labelmap) { notice(f ? 'Masks need WebGL.' : 'Select a finding first (click it in the list).'); return; }
-  painting = { name, finding: f, changed: 0, before: snapshot(f) };
+  painting = { name, finding: f, changed: 0, before: snapshot(f) }; // before: to put back an emptied mask
   viewer.elements[name].setPointerCapture(e.pointerId);
   paintAt(name, e);
   const up = () => {
@@ -322,13 +330,13 @@ function finishMask(p) {
     labelmap.setMask(state.segIndex.get(f), p.before.mask);
     return;
   }
-  change(f, { action: 'mask', mask }, { mask, status: 'edited' }, p.before);
+  change(f, { action: 'mask', mask }, { mask, status: 'edited' });
 }
 
 // ---- actions -----------------------------------------------------------------------------------
 
 function snapshot(f) {
-  const { serverId, ...rest } = f;
+  const { serverId, server, ...rest } = f;
   return JSON.parse(JSON.stringify({ ...rest, id: serverId ?? f.id }));
 }
 
@@ -343,26 +351,40 @@ function canEdit() {
 }
 
 // Applies a change locally, records it for undo and queues it for the server.
-function change(f, body, patch, before = snapshot(f)) {
+function change(f, body, patch) {
   if (!canEdit()) return;
   Object.assign(f, patch);
-  const entry = { finding: f, before, after: snapshot(f) };
-  state.undo.push(entry);
-  state.redo = [];
-  act({ ...body, finding_id: f.serverId ?? f.id }, entry);
+  act({ ...body, finding_id: f.serverId ?? f.id }, newEntry(f, body.action));
   if (patch.mask !== undefined && labelmap && body.action !== 'mask') labelmap.setMask(assignSegment(f), f.mask);
   colourSegments();
   renderFindings();
 }
 
 let refSeq = 0;
-function act(body, undoEntry = null) {
+function newEntry(f, action) {
+  const entry = { finding: f, action, ref: `${Date.now()}-${refSeq++}`, before: undefined, after: undefined };
+  state.entries.set(entry.ref, entry);
+  state.undo.push(entry);
+  state.redo = [];
+  return entry;
+}
+
+function act(body, entry = null) {
   if (!canEdit()) return;
-  if (undoEntry) {
-    body.client_ref = `${Date.now()}-${refSeq++}`;
-    state.pending.set(body.client_ref, undoEntry);
-  }
+  if (entry) body.client_ref = entry.ref;
   queue.push(body);
+}
+
+// Fills a queued restore with the server state it goes back to; null drops it (that state never existed).
+function prepareRestore(body) {
+  if (body.action !== 'restore' || !body.restore_ref) return body;
+  const entry = state.entries.get(body.restore_ref);
+  const target = entry?.[body.restore_which];
+  if (!target) return null;
+  const out = { ...body, state: target };
+  delete out.restore_ref;
+  delete out.restore_which;
+  return out;
 }
 
 function onSaved(body, answer, localId) {
@@ -371,18 +393,22 @@ function onSaved(body, answer, localId) {
     $('#case-status').textContent = answer.case.review_status.replace('_', ' ');
     $('#case-status').className = `badge review-${answer.case.review_status}`;
   }
-  const entry = body.client_ref ? state.pending.get(body.client_ref) : null;
-  if (entry) state.pending.delete(body.client_ref);
   if (answer.finding) {
-    let f = localId ? state.findings.find((x) => x.id === localId) : findFinding(answer.finding.id);
+    const f = localId ? state.findings.find((x) => x.id === localId) : findFinding(answer.finding.id);
     if (f) {
       if (localId) f.serverId = answer.finding.id;
+      const entry = body.client_ref ? state.entries.get(body.client_ref) : null;
+      if (entry && entry.finding === f) {
+        entry.before = f.server || null;
+        entry.after = answer.finding;
+      }
+      f.server = answer.finding;
       const stillQueued = queue.items.some((it) => String(queue.resolveId(it.body.finding_id)) === String(answer.finding.id));
       if (!stillQueued) {
         const { id, ...server } = answer.finding;
         Object.assign(f, server);
+        if (body.action === 'restore' && labelmap) labelmap.setMask(assignSegment(f), f.mask);
       }
-      if (entry && entry.finding === f) entry.after = snapshot(f);
     }
   }
   colourSegments();
@@ -397,7 +423,11 @@ function onRejected(body, message) {
     state.caseInfo = review.case;
     for (const sf of review.findings) {
       const f = findFinding(sf.id);
-      if (f) { const { id, ...rest } = sf; Object.assign(f, rest); if (labelmap) labelmap.setMask(assignSegment(f), f.mask); }
+      if (f) {
+        const { id, ...rest } = sf;
+        Object.assign(f, rest, { server: sf });
+        if (labelmap) labelmap.setMask(assignSegment(f), f.mask);
+      }
     }
     colourSegments();
     renderFindings();
@@ -471,9 +501,7 @@ function addFinding(world) {
     mask = labelmap.getMask(seg);
     f.mask = mask;
   }
-  const entry = { finding: f, before: null, after: snapshot(f) };
-  state.undo.push(entry);
-  state.redo = [];
+  const entry = newEntry(f, 'add');
   const body = { action: 'add', series_uid: f.series_uid, centre_mm: f.centre_mm, diameter_mm: diameter, label: 'nodule', local_id: f.id };
   if (mask) body.mask = mask;
   act(body, entry);
@@ -481,10 +509,17 @@ function addFinding(world) {
   select(f);
 }
 
-function restore(f, target) {
-  Object.assign(f, target, { id: f.id });
-  if (labelmap) labelmap.setMask(assignSegment(f), f.mask);
-  act({ action: 'restore', finding_id: f.serverId ?? f.id, state: { ...target, id: f.serverId ?? f.id } });
+// Undo and redo are new revisions: `restore` to the server's state before (undo) or after (redo)
+// the action. Undoing an added finding rejects it: it had no state before.
+function restore(entry, which) {
+  const f = entry.finding;
+  const target = entry[which];
+  if (target) {
+    const { id, ...rest } = target;
+    Object.assign(f, rest);
+    if (labelmap) labelmap.setMask(assignSegment(f), f.mask);
+  }
+  act({ action: 'restore', finding_id: f.serverId ?? f.id, restore_ref: entry.ref, restore_which: which });
   colourSegments();
   renderFindings();
 }
@@ -493,10 +528,17 @@ function undo() {
   if (!canEdit()) return;
   const entry = state.undo.pop();
   if (!entry) return;
-  const f = entry.finding;
-  const target = entry.before || { ...entry.after, status: 'rejected', reject_reason: 'Added in error (undone)' };
   state.redo.push(entry);
-  restore(f, target);
+  const f = entry.finding;
+  if (entry.action === 'add') {
+    const reason = 'Added in error (undone)';
+    Object.assign(f, { status: 'rejected', reject_reason: reason });
+    act({ action: 'reject', finding_id: f.serverId ?? f.id, reason });
+    colourSegments();
+    renderFindings();
+  } else {
+    restore(entry, 'before');
+  }
   select(f, { jump: true });
 }
 
@@ -505,7 +547,7 @@ function redo() {
   const entry = state.redo.pop();
   if (!entry) return;
   state.undo.push(entry);
-  restore(entry.finding, entry.after);
+  restore(entry, 'after');
   select(entry.finding, { jump: true });
 }
 
@@ -557,13 +599,15 @@ function wireDetail() {
 // ---- keyboard ------------------------------------------------------------------------------------
 
 function onKey(e) {
-  const typing = e.target.closest('input, textarea, select');
   if (e.key === 'Escape') { toggleHelp(false); $('#reject-form') && ($('#reject-form').hidden = true); e.target.blur?.(); return; }
-  if (typing) return;
   if (!state.ready) return;
   const k = e.key;
-  if ((e.ctrlKey || e.metaKey) && (k === 'z' || k === 'Z')) { e.preventDefault(); e.shiftKey ? redo() : undo(); return; }
-  if ((e.ctrlKey || e.metaKey) && (k === 'y' || k === 'Y')) { e.preventDefault(); redo(); return; }
+  const editingText = e.target.closest('textarea, input:not([type=checkbox]):not([type=range])');
+  if ((e.ctrlKey || e.metaKey) && !editingText) {
+    if (k === 'z' || k === 'Z') { e.preventDefault(); e.shiftKey ? redo() : undo(); return; }
+    if (k === 'y' || k === 'Y') { e.preventDefault(); redo(); return; }
+  }
+  if (e.target.closest('input, textarea, select')) return;
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const step = e.shiftKey ? 10 : 1;
   const handlers = {

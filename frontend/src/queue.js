@@ -7,8 +7,9 @@ import { postJSON } from './api.js';
 const RETRY_MS = [1000, 2000, 4000, 8000, 15000];
 
 export class SaveQueue {
-  constructor({ url, storageKey, onSaved, onStatus, onConflict, onRejected }) {
+  constructor({ url, storageKey, onSaved, onStatus, onConflict, onRejected, prepare }) {
     Object.assign(this, { url, storageKey, onSaved, onStatus, onConflict, onRejected });
+    this.prepare = prepare || ((body) => body);
     const stored = JSON.parse(localStorage.getItem(storageKey) || 'null');
     this.items = stored?.items || [];
     this.revision = stored?.revision ?? null; // the server revision our state is based on
@@ -83,7 +84,16 @@ export class SaveQueue {
     this.sending = true;
     this.setStatus(this.attempt ? 'retrying' : 'saving');
     const item = this.items[0];
-    const body = { ...item.body, base_revision: this.revision };
+    const prepared = this.prepare(item.body);
+    if (prepared === null) {
+      // e.g. an undo of a change the server refused: there is no state to go back to
+      this.items.shift();
+      this.persist();
+      this.sending = false;
+      this.sendNext();
+      return;
+    }
+    const body = { ...prepared, base_revision: this.revision };
     if (body.finding_id != null) body.finding_id = this.resolveId(body.finding_id);
     if (typeof body.finding_id === 'string') {
       // an added finding whose add never reached the server: nothing to attach this change to

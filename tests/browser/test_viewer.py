@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.browser.conftest import log_in, screenshot
 from tests.conftest import PASSWORD
-from tests.factories import series_bytes
+from tests.factories import ct_slice, to_bytes
 from tests.phantoms import ingest_phantom, small_phantom_with_nodule
 from webapp.archive import services as archive
 from webapp.archive.models import Series, Study
@@ -155,3 +155,233 @@ def test_a_radiologist_opens_a_case_from_the_worklist_and_reads_the_ct(page, cas
     screenshot(page, "viewer-help")
     page.keyboard.press("Escape")
     assert page.js_errors == []
+
+
+def db_mask_voxels(finding_id: int) -> int:
+    return int(Finding.objects.get(pk=finding_id).get_mask().sum())
+
+
+def test_a_radiologist_reviews_findings_and_every_change_persists(page, cast, phantom_case):
+    ph, study, nodule = phantom_case["phantom"], phantom_case["study"], phantom_case["nodule"]
+    true_id, false_id = phantom_case["true"].pk, phantom_case["false"].pk
+    log_in(page, cast.radiologist.username, PASSWORD)
+    open_viewer(page, study)
+    items = page.locator("#findings-list li.finding")
+    assert items.count() == 2
+    first = items.nth(0).inner_text()
+    assert "score 0.93" in first and "8.3 mm" in first and "unc. 0.08" in first and "HU" in first and "mL" in first
+    # The ground-truth mask is drawn as a labelmap: every voxel of it.
+    assert rv(page, f"maskVoxels({true_id})") == db_mask_voxels(true_id)
+
+    # Clicking a finding moves all three views to its centre.
+    items.nth(0).click()
+    z, j, i = voxel_of(ph, nodule.centre_xyz_mm)
+    page.wait_for_function(f"window.radloopViewer.sliceIndex('axial') === {z}")
+    assert rv(page, "sliceIndex('coronal')") == j and rv(page, "sliceIndex('sagittal')") == i
+    page.wait_for_timeout(300)
+    screenshot(page, "viewer-finding-selected")
+    # The mask overlay and the status circle colour the nodule (proposed: yellow) in the axial view.
+    x, y = rv(page, f"pagePoint('axial', {list(nodule.centre_xyz_mm)})")
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.float32)
+    around = shot[int(y) - 25: int(y) + 25, int(x) - 25: int(x) + 25]
+    yellowish = (around[..., 0] > 150) & (around[..., 1] > 120) & (around[..., 2] < 100)
+    assert yellowish.sum() > 20, "the proposed finding is drawn in its status colour"
+
+    # Accept (A).
+    page.keyboard.press("a")
+    wait_saved(page)
+    assert Finding.objects.get(pk=true_id).status == "accepted"
+    assert page.inner_text("#save-status") == "saved"
+
+    # Reject (R) with a reason.
+    items.nth(1).click()
+    page.keyboard.press("r")
+    page.fill("#reject-reason", "vessel branch, not a nodule")
+    page.keyboard.press("Enter")
+    wait_saved(page)
+    rejected = Finding.objects.get(pk=false_id)
+    assert rejected.status == "rejected" and rejected.reject_reason == "vessel branch, not a nodule"
+
+    # Brush on the true nodule's mask, beside it, in the axial plane.
+    items.nth(0).click()
+    page.wait_for_function(f"window.radloopViewer.sliceIndex('axial') === {z}")
+    before = rv(page, f"maskVoxels({true_id})")
+    page.keyboard.press("b")
+    side = [nodule.centre_xyz_mm[0] + nodule.diameter_mm / 2 + 2, nodule.centre_xyz_mm[1], nodule.centre_xyz_mm[2]]
+    sx, sy = rv(page, f"pagePoint('axial', {side})")
+    page.mouse.move(sx, sy)
+    page.mouse.down()
+    page.mouse.move(sx + 6, sy + 2, steps=4)
+    page.mouse.up()
+    wait_saved(page)
+    painted = rv(page, f"maskVoxels({true_id})")
+    assert painted > before
+    edited = Finding.objects.get(pk=true_id)
+    assert edited.status == "edited" and db_mask_voxels(true_id) == painted
+    assert edited.volume_ml == pytest.approx(painted * np.prod(ph.spacing_zyx_mm) / 1000, rel=1e-6)
+
+    # Brush with a HU window: only voxels inside it are painted (here: lung and air, below -400 HU).
+    old_mask = Finding.objects.get(pk=true_id).get_mask().copy()
+    old_origin = Finding.objects.get(pk=true_id).mask_origin_zyx
+    page.check("#brush-threshold")
+    page.fill("#brush-hu-min", "-2000")
+    page.fill("#brush-hu-max", "-400")
+    page.locator("#brush-size").fill("8")
+    below = [nodule.centre_xyz_mm[0], nodule.centre_xyz_mm[1] + nodule.diameter_mm / 2 + 3, nodule.centre_xyz_mm[2]]
+    bx, by = rv(page, f"pagePoint('axial', {below})")
+    page.mouse.move(bx, by)
+    page.mouse.down()
+    page.mouse.up()
+    wait_saved(page)
+    f = Finding.objects.get(pk=true_id)
+    new_mask, new_origin = f.get_mask(), f.mask_origin_zyx
+    full_new = np.zeros(ph.hu.shape, bool)
+    full_old = np.zeros(ph.hu.shape, bool)
+    full_new[tuple(slice(o, o + n) for o, n in zip(new_origin, new_mask.shape))] = new_mask
+    full_old[tuple(slice(o, o + n) for o, n in zip(old_origin, old_mask.shape))] = old_mask
+    added = full_new & ~full_old
+    assert added.sum() > 0 and (full_old & ~full_new).sum() == 0
+    assert ph.hu[added].max() <= -400, "the HU window kept the brush off soft tissue"
+    page.uncheck("#brush-threshold")
+    screenshot(page, "viewer-painted")
+
+    # Change the label, undo it (a restore revision), redo it.
+    page.select_option("#finding-label", "solid")
+    wait_saved(page)
+    assert Finding.objects.get(pk=true_id).label == "solid"
+    page.keyboard.press("Control+z")
+    wait_saved(page)
+    assert Finding.objects.get(pk=true_id).label == "nodule"
+    page.keyboard.press("Control+y")
+    wait_saved(page)
+    assert Finding.objects.get(pk=true_id).label == "solid"
+
+    # Add a missed finding (N, then click its centre) in the other lung.
+    page.keyboard.press("Escape")  # leave the label box
+    page.keyboard.press("n")
+    missed = [-nodule.centre_xyz_mm[0], nodule.centre_xyz_mm[1] - 10, nodule.centre_xyz_mm[2]]
+    mx, my = rv(page, f"pagePoint('axial', {missed})")
+    page.mouse.click(mx, my)
+    wait_saved(page)
+    added_finding = Finding.objects.get(study=study, source="radiologist")
+    assert added_finding.status == "accepted"
+    assert np.linalg.norm(np.subtract(added_finding.centre_xyz_mm, missed)) < 2 * max(ph.spacing_zyx_mm)
+    assert added_finding.get_mask().sum() > 0
+
+    # Reload: everything comes back from the server.
+    page.reload()
+    page.wait_for_function(LOADED, timeout=60_000)
+    by_id = {f["id"]: f for f in rv(page, "findings()")}
+    assert by_id[true_id]["status"] == "edited" and by_id[true_id]["label"] == "solid"
+    assert by_id[false_id]["status"] == "rejected" and by_id[false_id]["reject_reason"] == "vessel branch, not a nodule"
+    assert by_id[added_finding.pk]["status"] == "accepted" and by_id[added_finding.pk]["source"] == "radiologist"
+    assert rv(page, f"maskVoxels({true_id})") == db_mask_voxels(true_id)
+    review = page.request.get(f"/api/review/studies/{study.study_uid}/").json()
+    actions = [r["action"] for r in review["revisions"]]
+    assert actions[::-1] == ["accept", "reject", "mask", "mask", "label", "restore", "restore", "add"]
+    assert review["case"]["review_status"] == "in_review"
+    screenshot(page, "viewer-after-reload")
+    assert page.js_errors == []
+
+
+def test_a_second_reader_with_a_stale_revision_gets_the_conflict_message(browser, live_server, cast, phantom_case):
+    study = phantom_case["study"]
+    pages = []
+    for user in (cast.radiologist, cast.radiologist2):
+        context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 900})
+        p = context.new_page()
+        log_in(p, user.username, PASSWORD)
+        open_viewer(p, study)
+        pages.append(p)
+    first, second = pages
+    first.locator("#findings-list li.finding").nth(0).click()
+    first.keyboard.press("a")
+    wait_saved(first)
+
+    second.locator("#findings-list li.finding").nth(1).click()
+    second.keyboard.press("a")
+    second.wait_for_selector("#conflict:not([hidden])")
+    message = second.inner_text("#conflict")
+    assert "changed by rita-radiologist" in message and "revision 1" in message and "Reload" in message
+    assert second.inner_text("#save-status") == "not saved: conflict"
+    screenshot(second, "viewer-conflict")
+    assert Finding.objects.get(pk=phantom_case["false"].pk).status == "proposed", "nothing was overwritten"
+
+    second.click("#conflict-reload")
+    second.wait_for_function(LOADED, timeout=60_000)
+    assert second.locator("#conflict").is_hidden()
+    statuses = {f["id"]: f["status"] for f in rv(second, "findings()")}
+    assert statuses[phantom_case["true"].pk] == "accepted"
+    for p in pages:
+        p.context.close()
+
+
+def test_changes_made_offline_wait_in_the_queue_and_are_sent_later(page, cast, phantom_case):
+    study = phantom_case["study"]
+    log_in(page, cast.radiologist.username, PASSWORD)
+    open_viewer(page, study)
+    page.locator("#findings-list li.finding").nth(0).click()
+    page.context.set_offline(True)
+    page.keyboard.press("a")
+    page.wait_for_function("window.radloopViewer.saveStatus() === 'offline'")
+    assert page.inner_text("#save-status") == "offline, will retry"
+    queued = page.evaluate("""Object.keys(localStorage).filter((k) => k.startsWith('radloop.queue.'))
+        .map((k) => JSON.parse(localStorage.getItem(k)).items.map((i) => i.body.action))""")
+    assert queued == [["accept"]]
+    assert Finding.objects.get(pk=phantom_case["true"].pk).status == "proposed"
+    page.context.set_offline(False)
+    wait_saved(page)
+    assert Finding.objects.get(pk=phantom_case["true"].pk).status == "accepted"
+
+
+def test_a_series_that_cannot_be_reconstructed_stays_a_stack_and_says_why(page, cast, monkeypatch):
+    monkeypatch.setattr("webapp.jobs.enqueue", lambda *a, **k: "not-sent")
+    batch = archive.start_batch(cast.admin)
+    positions = [0.0, 2.5, 5.0, 10.0, 12.5]  # one gap twice as wide
+    for k, z in enumerate(positions):
+        data = to_bytes(ct_slice(index=k, rows=64, columns=64, study="irregular", series="irregular-1",
+                                 patient_id="IRR-1", ImagePositionPatient=[-100.0, -100.0, z]))
+        archive.ingest_stream(batch, f"{k}.dcm", io.BytesIO(data))
+    study = Study.objects.get(patient_id="IRR-1")
+    log_in(page, cast.radiologist.username, PASSWORD)
+    open_viewer(page, study)
+    assert rv(page, "mode") == "stack"
+    assert "No MPR: irregular slice spacing (2.50–5.00 mm)" in page.inner_text("#mpr-note")
+    assert rv(page, "sliceCount()") == 5
+    # scrolling works in the stack; positions are the slices' own
+    page.keyboard.press("End")
+    page.wait_for_function("window.radloopViewer.sliceIndex() === 4")
+    assert "z 12.5 mm" in page.inner_text("#vp-stack .vp-label")
+    screenshot(page, "viewer-irregular")
+
+
+def test_the_viewer_page_is_for_radiologists_and_admins_and_is_audited(client, cast, phantom_case):
+    from webapp.accounts.models import AuditEvent
+
+    study = phantom_case["study"]
+    url = f"/studies/{study.study_uid}/view/"
+    client.force_login(cast.outsider)
+    assert client.get(url).status_code == 403
+    client.force_login(cast.admin)
+    response = client.get(url)
+    assert response.status_code == 200
+    assert AuditEvent.objects.filter(action="viewer.study.opened", actor=cast.admin, object_id=study.audit_ref()[1]).exists()
+    html = response.content.decode()
+    script = html.split('<script type="module" src="')[1].split('"')[0]
+    assert script.startswith("/static/dist/assets/viewer-") and script.endswith(".js")
+
+
+def test_the_bundle_serves_wasm_and_module_workers_with_their_types(live_server):
+    import json
+    import urllib.request
+
+    from webapp.viewer.manifest import _manifest_path
+
+    manifest = json.loads(_manifest_path().read_text())
+    wasm = next(v["file"] for k, v in manifest.items() if v["file"].endswith(".wasm"))
+    with urllib.request.urlopen(f"{live_server.url}/static/dist/{wasm}") as r:
+        assert r.headers["Content-Type"] == "application/wasm"
+        assert r.read(4) == b"\0asm"
+    entry = manifest["src/main.js"]["file"]
+    with urllib.request.urlopen(f"{live_server.url}/static/dist/{entry}") as r:
+        assert r.headers["Content-Type"].split(";")[0] in {"text/javascript", "application/javascript"}
