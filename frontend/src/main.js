@@ -52,6 +52,13 @@ let queue = null;
 // ---- start -------------------------------------------------------------------------------------
 
 async function start() {
+  performance.mark('radloop:script-start');
+  // Requests first (they run while Cornerstone initialises: WebGL probing takes a while).
+  const wanted = new URLSearchParams(location.search).get('series') || config.seriesUid;
+  const listP = listSeries(config.dicomwebRoot, config.studyUid);
+  const reviewP = getJSON(config.reviewApi).catch((err) => { state.apiError = err; return null; });
+  const seriesP = wanted ? loadSeries(config.dicomwebRoot, config.studyUid, wanted) : null;
+  seriesP?.catch(() => {});
   initCornerstone();
   viewer = new CTViewer({
     container: $('#viewports'),
@@ -60,32 +67,35 @@ async function start() {
     onRender: () => scheduleDraw(),
   });
   buildChrome();
-  const wanted = new URLSearchParams(location.search).get('series');
-  const [seriesList, review] = await Promise.all([
-    listSeries(config.dicomwebRoot, config.studyUid),
-    getJSON(config.reviewApi).catch((err) => { state.apiError = err; return null; }),
-  ]);
-  state.seriesList = seriesList;
-  if (!seriesList.length) throw new Error('This study has no series.');
-  const chosen = seriesList.find((s) => s.seriesUid === wanted) || defaultSeries(seriesList);
-  renderSeriesBar(chosen.seriesUid);
-  setLoading(`Loading ${chosen.numInstances || ''} images…`);
-  state.series = await loadSeries(config.dicomwebRoot, config.studyUid, chosen.seriesUid);
-  if (review) takeCase(review);
-  else $('#findings-note').textContent = `Findings unavailable: ${state.apiError?.message || 'no answer'}.`;
+  // Metadata of the series to show is fetched at once; the series list (QIDO-RS) and the findings
+  // (review API) arrive in parallel and never hold up the first image.
+  const seriesUid = wanted || defaultSeries(await listP)?.seriesUid;
+  if (!seriesUid) throw new Error('This study has no series.');
+  listP.then((list) => { state.seriesList = list; renderSeriesBar(seriesUid); }).catch(() => {});
+  setLoading('Loading images…');
+  state.series = await (seriesP || loadSeries(config.dicomwebRoot, config.studyUid, seriesUid));
+  performance.mark('radloop:metadata-loaded');
 
-  await viewer.openSeries(state.series, {
+  let firstImage;
+  const shown = new Promise((resolve) => { firstImage = resolve; });
+  const loading = viewer.openSeries(state.series, {
     onFirstImage: () => {
       performance.mark('radloop:first-image');
       performance.measure('radloop:time-to-first-image', { start: 0, end: 'radloop:first-image' });
-      setupFindings();
-      state.ready = true;
-      app.dataset.ready = '1';
       updateSliceLabel('stack');
       updateVoiLabel();
+      firstImage();
     },
     onProgress: (done, total) => setLoading(done < total ? `Loading ${done}/${total} images…` : ''),
   });
+  await Promise.race([shown, loading]);
+  const review = await reviewP;
+  if (review) takeCase(review);
+  else $('#findings-note').textContent = `Findings unavailable: ${state.apiError?.message || 'no answer'}.`;
+  setupFindings();
+  state.ready = true;
+  app.dataset.ready = '1';
+  await loading;
   performance.mark('radloop:series-loaded');
   performance.measure('radloop:time-to-series-loaded', { start: 0, end: 'radloop:series-loaded' });
   if (!state.series.mprReason) {
@@ -670,8 +680,12 @@ window.radloopViewer = {
   },
   viewportNames: () => viewer.names,
   goTo: (world) => viewer.goTo(world),
-  timings: () => Object.fromEntries(performance.getEntriesByType('measure')
-    .filter((m) => m.name.startsWith('radloop:')).map((m) => [m.name, m.duration])),
+  timings: () => ({
+    ...Object.fromEntries(performance.getEntriesByType('mark')
+      .filter((m) => m.name.startsWith('radloop:')).map((m) => [m.name, m.startTime])),
+    ...Object.fromEntries(performance.getEntriesByType('measure')
+      .filter((m) => m.name.startsWith('radloop:')).map((m) => [m.name, m.duration])),
+  }),
 };
 
 start().catch((err) => {

@@ -2,8 +2,9 @@
 DICOMweb and findings over the review JSON API, both of which check roles and audit on their own."""
 from __future__ import annotations
 
-from django.urls import reverse
+from django.db.models import Count
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from webapp.accounts.decorators import role_required
@@ -20,8 +21,13 @@ def study_viewer(request, study_uid: str):
     study = get_study_for_user(request.user, study_uid)
     bundle = viewer_bundle()
     audit(request.user, "viewer.study.opened", obj=study, request=request)
+    # The series to open first (CT with the most images), so the page fetches its metadata at once
+    # instead of waiting for a series search; the series bar still comes from QIDO-RS.
+    by_size = study.series.annotate(n=Count("instances")).order_by("-n", "series_number", "pk")
+    first = by_size.filter(modality="CT").first() or by_size.first()
     config = {
         "studyUid": study.study_uid,
+        "seriesUid": first.series_uid if first else None,
         "dicomwebRoot": reverse("dicomweb:studies").removesuffix("/studies"),
         "reviewApi": f"/api/review/studies/{study.study_uid}/",
         "studyUrl": reverse("archive:study_detail", args=[study.study_uid]),
