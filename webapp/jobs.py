@@ -24,3 +24,9 @@ def enqueue(task_name: str, *args, **kwargs) -> str:
 def enqueue_on_commit(task_name: str, *args, **kwargs) -> None:
     """Send once the current transaction commits (a rolled-back change queues nothing)."""
     transaction.on_commit(lambda: enqueue(task_name, *args, **kwargs))
+
+
+def notify_on_commit(task_name: str, *args, **kwargs) -> None:
+    """Like :func:`enqueue_on_commit` for work that may be missed (a periodic job catches up): a
+    broker that is down is logged, and the change that was committed still answers normally."""
+    transaction.on_commit(lambda: enqueue(task_name, *args, **kwargs), robust=True)

@@ -44,6 +44,34 @@ def envint(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
 
 
+def envfloat(name: str, default: float) -> float:
+    raw = env(name, "")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+
+
+def envjson(name: str, default):
+    """A JSON value (object, list, number) from NAME, merged over ``default`` when both are objects."""
+    import json
+
+    raw = env(name, "")
+    if raw == "":
+        return default
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from None
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ImproperlyConfigured(f"{name} must be a JSON object")
+        return {**default, **value}
+    return value
+
+
 def envlist(name: str, default: str) -> list[str]:
     return [part.strip() for part in env(name, default).split(",") if part.strip()]
 
@@ -82,6 +110,8 @@ INSTALLED_APPS = [
     "webapp.review",
     "webapp.modelops",
     "webapp.viewer",
+    "django_celery_beat",
+    "webapp.training",
 ]
 
 MIDDLEWARE = [
@@ -185,6 +215,39 @@ BASELINE_MODEL_PATH = env("BASELINE_MODEL_PATH", "ml/weights/baseline-v1.pt")
 # old (its message was lost), is queued again when a worker starts or an admin asks.
 INFERENCE_STALE_SECONDS = envint("INFERENCE_STALE_SECONDS", 300)
 
+# --- Retraining (webapp.training) ------------------------------------------------------------
+# Every N newly signed-off cases (since the last training run) queue a retraining; 0 turns it off.
+RETRAIN_EVERY_N_SIGNED_OFF = envint("RETRAIN_EVERY_N_SIGNED_OFF", 20)
+# Share of signed-off studies held out for evaluation, chosen by a hash of the study UID; a study
+# keeps the side it was first recorded on, even if this share changes later.
+RETRAIN_HELDOUT_SHARE = envfloat("RETRAIN_HELDOUT_SHARE", 0.2)
+if not 0.0 <= RETRAIN_HELDOUT_SHARE < 1.0:
+    raise ImproperlyConfigured("RETRAIN_HELDOUT_SHARE must be in [0, 1)")
+RETRAIN_MIN_TRAIN_CASES = envint("RETRAIN_MIN_TRAIN_CASES", 1)  # signed-off training cases needed to start
+RETRAIN_DET_STEPS = envint("RETRAIN_DET_STEPS", 400)  # fine-tuning steps of the detector
+RETRAIN_SEG_STEPS = envint("RETRAIN_SEG_STEPS", 200)  # ... and of the segmenter
+RETRAIN_LR = envfloat("RETRAIN_LR", 1e-4)
+RETRAIN_SEED = envint("RETRAIN_SEED", 0)
+# Phantoms mixed into every fine-tuning run so the model does not forget (small and full presets).
+RETRAIN_PHANTOMS_SMALL = envint("RETRAIN_PHANTOMS_SMALL", 8)
+RETRAIN_PHANTOMS_FULL = envint("RETRAIN_PHANTOMS_FULL", 2)
+# The fixed phantom benchmark both champion and challenger are measured on (ml.evaluate's test seeds).
+RETRAIN_BENCHMARK_N = envint("RETRAIN_BENCHMARK_N", 4)
+RETRAIN_BENCHMARK_SEED = envint("RETRAIN_BENCHMARK_SEED", 90_000)
+RETRAIN_DEVICE = env("RETRAIN_DEVICE", "")  # "" = CUDA when present, else CPU
+RETRAIN_TORCH_THREADS = envint("RETRAIN_TORCH_THREADS", max(1, (os.cpu_count() or 2) // 2))
+RETRAIN_MODELS_DIR = env("RETRAIN_MODELS_DIR", "")  # "" = MEDIA_ROOT/models
+RETRAIN_CACHE_DIR = env("RETRAIN_CACHE_DIR", str(VAR_DIR / "train-cache"))  # phantom training cases
+# A running training without a heartbeat this long has lost its worker and is marked failed.
+TRAINING_STALE_SECONDS = envint("TRAINING_STALE_SECONDS", 300)
+# When a challenger replaces the champion. primary: the metric that must improve (on the held-out
+# reviewed cases, or on the phantom benchmark when no held-out case has a lesion) by more than
+# min_gain; max_cpm_drop: how much the phantom-benchmark CPM may fall (forgetting guard);
+# require_dice_not_worse: segmentation Dice (lesions >= 6 mm) must not fall.
+PROMOTION_RULE = envjson("PROMOTION_RULE", {
+    "primary": "cpm", "min_gain": 0.0, "max_cpm_drop": 0.01, "require_dice_not_worse": True,
+})
+
 # --- Celery ---------------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", "")
 if REDIS_URL:
@@ -224,7 +287,10 @@ CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ROUTES = {
     "workers.prepare_series": {"queue": "cpu"},
     "workers.infer_series": {"queue": "gpu"},
+    "workers.request_retraining": {"queue": "cpu"},
+    "workers.retrain": {"queue": "train"},  # its own worker: concurrency 1, niced, torch threads capped
 }
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True  # a job whose worker dies is redelivered, not lost

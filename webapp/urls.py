@@ -8,6 +8,7 @@ urlpatterns = [
     path("", include("webapp.archive.urls")),
     path("dicomweb/", include("webapp.dicomweb.urls")),
     path("", include("webapp.modelops.urls")),
+    path("", include("webapp.training.urls")),
     path("", include("webapp.viewer.urls")),
     path("api/review/", include("webapp.review.urls")),
     path("django-admin/", admin.site.urls),

@@ -9,6 +9,7 @@ from django.db import OperationalError
 from webapp.archive.models import Series
 from webapp.celery_app import app
 from webapp.modelops import services as modelops
+from webapp.training import services as training
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,25 @@ def infer_series(run_id: int) -> dict:
     return {"run_id": result.run_id, "state": result.state, "findings": result.findings, "error": result.error}
 
 
+@app.task(name="workers.request_retraining", soft_time_limit=60, time_limit=90,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def request_retraining(trigger: str = "signoffs") -> dict:
+    """Beat's nightly run and every sign-off come here (cpu queue, cheap): queue a training run if due."""
+    run = training.request_retraining(trigger)
+    return {"trigger": trigger, "training_run": run.pk if run else None}
+
+
+@app.task(name="workers.retrain", soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300)
+def retrain(run_id: int) -> dict:
+    """One training run on the ``train`` queue (its own worker, concurrency 1). Torch's CPU threads
+    are capped so the inference worker on the same machine keeps its cores."""
+    import torch
+    from django.conf import settings
+
+    torch.set_num_threads(max(1, settings.RETRAIN_TORCH_THREADS))
+    return training.run_training(run_id)
+
+
 @worker_ready.connect
 def _recover_on_start(sender=None, **kwargs):
     """A worker that starts picks up runs whose worker died or whose message the broker lost."""
@@ -60,3 +80,7 @@ def _recover_on_start(sender=None, **kwargs):
         modelops.recover_stalled_runs()
     except Exception:  # never keep a worker from starting
         log.exception("could not recover stalled inference runs")
+    try:
+        training.recover_stalled_training()
+    except Exception:
+        log.exception("could not recover stalled training runs")

@@ -24,6 +24,8 @@ class ModelVersion(models.Model):
     metadata = models.JSONField(default=dict, blank=True)  # from the model file: config, training data, metrics
     created_at = models.DateTimeField(auto_now_add=True)
     promoted_at = models.DateTimeField(null=True, blank=True)
+    # The champion this version replaced when it was last promoted: where "roll back" returns to.
+    previous_champion = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         ordering = ["-version"]

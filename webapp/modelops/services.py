@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -77,9 +77,79 @@ def register_baseline() -> ModelVersion | None:
 
 
 def _jsonable(value):
+    """JSON-safe copy: NaN and infinities become None (PostgreSQL's jsonb refuses them)."""
     import json
+    import math
 
-    return json.loads(json.dumps(value, default=str))
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(json.loads(json.dumps(value, default=str)))
+
+
+class RegistryError(Exception):
+    """A registry change that cannot be made (no previous champion, missing file); shown verbatim."""
+
+
+def register_model_file(path: Path, *, name: str, parent: ModelVersion | None) -> ModelVersion:
+    """A new version (the next number) for a model file, as a challenger; metadata from the file."""
+    from ml.checkpoint import load_model_file
+
+    payload = load_model_file(path)
+    metadata = _jsonable({k: v for k, v in payload.items() if k != "models"})
+    sha = file_sha256(path)
+    for _ in range(5):  # two registrations racing for the same number: the loser takes the next one
+        number = (ModelVersion.objects.order_by("-version").values_list("version", flat=True).first() or 0) + 1
+        try:
+            with transaction.atomic():
+                return ModelVersion.objects.create(version=number, name=name, file_path=str(path), sha256=sha,
+                                                   status=ModelVersion.Status.CHALLENGER, parent=parent, metadata=metadata)
+        except IntegrityError:
+            continue
+    raise RegistryError("could not allocate a version number")
+
+
+def promote(model: ModelVersion, *, actor=None, reason: str = "", request=None, rollback: bool = False) -> ModelVersion:
+    """Make ``model`` the champion; the old champion is retired. New inference runs use it at once
+    (queue_inference asks for the champion; a worker loads a model it has not cached). ``rollback``:
+    return to an earlier champion without recording the one left as its predecessor."""
+    with transaction.atomic():
+        rows = {m.pk: m for m in ModelVersion.objects.select_for_update().filter(
+            Q(pk=model.pk) | Q(status=ModelVersion.Status.CHAMPION))}
+        target = rows[model.pk]
+        old = next((m for m in rows.values() if m.status == ModelVersion.Status.CHAMPION), None)
+        if old is not None and old.pk == target.pk:
+            raise RegistryError(f"v{target.version} is already the champion")
+        if not target.path.exists():
+            raise RegistryError(f"the model file of v{target.version} is missing ({target.file_path})")
+        if old is not None:
+            ModelVersion.objects.filter(pk=old.pk).update(status=ModelVersion.Status.RETIRED)
+        fields = dict(status=ModelVersion.Status.CHAMPION, promoted_at=timezone.now())
+        if not rollback:
+            fields["previous_champion"] = old
+        ModelVersion.objects.filter(pk=target.pk).update(**fields)
+        target.refresh_from_db()
+        action = "modelops.model.rolled_back" if rollback else "modelops.model.promoted"
+        audit(actor, action, obj=target, request=request,
+              details={"champion": target.version, "replaced": old.version if old else None, "reason": reason[:1000]})
+    log.info("v%s is the champion (was v%s): %s", target.version, old.version if old else None, reason or action)
+    return target
+
+
+def roll_back(*, actor, request=None) -> ModelVersion:
+    """Return to the champion the current one replaced."""
+    champion = get_champion()
+    previous = champion.previous_champion if champion else None
+    if previous is None:
+        raise RegistryError("there is no previous champion to roll back to")
+    return promote(previous, actor=actor, request=request, rollback=True,
+                   reason=f"rolled back from v{champion.version}")
 
 
 # --- queueing -----------------------------------------------------------------------------------

@@ -12,12 +12,15 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from webapp import jobs
 from webapp.accounts.services import audit, can_read_studies, is_admin
 from webapp.archive.models import ReviewStatus, Series, Study
 
 from .geometry import GeometryError, decode_mask, measure_mask, series_grid, tight
 from .models import CaseReview, Finding, ReviewRevision
 from .payloads import BadInput, Conflict, Forbidden, NotFound, case_json, finding_json
+
+RETRAIN_CHECK_TASK = "workers.request_retraining"
 
 
 @transaction.atomic
@@ -323,6 +326,8 @@ def sign_off_case(study, user, *, base_revision, request=None) -> ActionResult:
         case.save(update_fields=["signed_off_by", "signed_off_at", "updated_at"])
         case.study.review_status = ReviewStatus.SIGNED_OFF
         Study.objects.filter(pk=study.pk).update(review_status=ReviewStatus.SIGNED_OFF)
+        # A signed-off case is training data: the training app counts sign-offs and may queue a run.
+        jobs.notify_on_commit(RETRAIN_CHECK_TASK, "signoffs")
         return _record(case, user, "signoff", before=before, after=case_json(case), audit_action="review.case.signed_off",
                        request=request)
 

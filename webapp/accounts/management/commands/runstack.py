@@ -1,6 +1,9 @@
-"""Run the whole app in the foreground: gunicorn (web) and a Celery worker, supervised together.
+"""Run the whole app in the foreground, supervised together: gunicorn (web), a Celery worker for the
+cpu and gpu queues, a training worker for the train queue (one run at a time, niced, torch threads
+capped by RETRAIN_TORCH_THREADS, so inference keeps its cores), and celery beat (the nightly
+retraining schedule, stored in the database and editable in /django-admin/).
 
-Ctrl-C (or SIGTERM) stops both; if either dies, the other is stopped and the command fails.
+Ctrl-C (or SIGTERM) stops them all; if one dies, the others are stopped and the command fails.
 """
 import os
 import signal
@@ -16,7 +19,7 @@ from .ensure_demo_users import DEMO_USERS
 
 
 class Command(BaseCommand):
-    help = "Start the web server (gunicorn) and a Celery worker, and keep them running."
+    help = "Start the web server (gunicorn), the Celery workers and celery beat, and keep them running."
 
     def add_arguments(self, parser):
         parser.add_argument("--bind", default=os.environ.get("RADLOOP_BIND", "127.0.0.1:8000"))
@@ -46,6 +49,15 @@ class Command(BaseCommand):
                 os.path.join(bin_dir, "celery"), "-A", "workers", "worker", "-Q", "cpu,gpu",
                 "--concurrency", str(options["worker_concurrency"]), "--loglevel", "INFO",
                 "--hostname", "radloop@%h",
+            ],
+            "trainer": [
+                "nice", "-n", "10", os.path.join(bin_dir, "celery"), "-A", "workers", "worker", "-Q", "train",
+                "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO", "--hostname", "train@%h",
+            ],
+            "beat": [
+                os.path.join(bin_dir, "celery"), "-A", "workers", "beat", "--loglevel", "INFO",
+                "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
+                "--pidfile", str(settings.VAR_DIR / "celerybeat.pid"),
             ],
         }
         env = dict(os.environ)

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from . import views
+
+app_name = "training"
+
+urlpatterns = [
+    path("models/", views.registry, name="registry"),
+    path("models/runs.json", views.runs_json, name="runs_json"),
+    path("models/retrain", views.retrain_now, name="retrain"),
+    path("models/rollback", views.roll_back, name="rollback"),
+    path("models/rerun-unreviewed", views.rerun_unreviewed, name="rerun_unreviewed"),
+    path("models/<int:version>/promote", views.promote, name="promote"),
+]
