@@ -5,14 +5,15 @@ import pytest
 
 from tests.review.conftest import ai_finding, ingest
 from webapp.archive.models import AIStatus, Study
+from webapp.modelops import services as modelops
 from webapp.modelops.models import ModelVersion
 from webapp.review import services as review
 
 
 @pytest.fixture
 def model(db) -> ModelVersion:
-    return ModelVersion.objects.create(version=1, name="baseline", file_path="ml/weights/baseline-v1.pt",
-                                       sha256="0" * 64, status=ModelVersion.Status.CHAMPION)
+    """The shipped baseline, registered as v1 champion (as on first use)."""
+    return modelops.get_champion()
 
 
 class Cases:
