@@ -26,6 +26,7 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/acti
 # The viewer bundle (frontend/ -> static/dist/): npm ci when the lock file changes, a build when a source does.
 FRONTEND_SOURCES := frontend/package.json frontend/vite.config.js $(shell find frontend/src -type f 2>/dev/null)
 frontend/node_modules/.ci-stamp: frontend/package-lock.json
+	@command -v npm >/dev/null || { echo "The viewer is built with Node.js >= 20.19 and npm (not found on PATH)." >&2; exit 1; }
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 

@@ -214,6 +214,9 @@ BASELINE_MODEL_PATH = env("BASELINE_MODEL_PATH", "ml/weights/baseline-v1.pt")
 # A running inference without a heartbeat for this long (its worker died), or a queued one this
 # old (its message was lost), is queued again when a worker starts or an admin asks.
 INFERENCE_STALE_SECONDS = envint("INFERENCE_STALE_SECONDS", 300)
+# A series sent by STOW-RS (a PACS may send one series over many requests) counts as complete once no
+# instance of it arrived for this long; an upload batch ends its series at once.
+SERIES_QUIET_SECONDS = envint("SERIES_QUIET_SECONDS", 30)
 
 # --- Retraining (webapp.training) ------------------------------------------------------------
 # Every N newly signed-off cases (since the last training run) queue a retraining; 0 turns it off.

@@ -32,10 +32,11 @@ def predictor_for(model_version):
 
 @app.task(name="workers.prepare_series", soft_time_limit=300, time_limit=360,
           autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
-def prepare_series(series_id: int) -> dict:
-    """Series geometry and thumbnail, then its inference run is queued. Deleted series are skipped."""
+def prepare_series(series_id: int, quiet_seconds: float = 0) -> dict:
+    """Series geometry and thumbnail, then its inference run is queued. Deleted series are skipped;
+    with ``quiet_seconds`` a series still receiving instances is left to a later check."""
     try:
-        run = modelops.prepare_and_queue(series_id)
+        run = modelops.prepare_and_queue(series_id, quiet_seconds)
     except Series.DoesNotExist:
         log.warning("series %s no longer exists", series_id)
         return {"series_id": series_id, "skipped": "deleted"}

@@ -294,3 +294,46 @@ def test_prepare_series_reports_gaps_and_duplicate_positions(batch):
 
 def test_uids_are_what_the_factory_promises():
     assert uid("x") == uid("x") and uid("x") != uid("y")
+
+
+def test_a_stow_series_is_prepared_only_once_it_has_been_quiet(cast, archive_dir, settings,
+                                                               django_capture_on_commit_callbacks, monkeypatch):
+    """A PACS may send one series over several STOW-RS requests: each request schedules a check
+    SERIES_QUIET_SECONDS later, and a check that sees newer instances leaves the work to a later one."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webapp.modelops import services as modelops
+
+    settings.SERIES_QUIET_SECONDS = 30
+    sent = []
+    monkeypatch.setattr("webapp.jobs.enqueue", lambda name, *args, **kw: sent.append((name, args, kw)))
+    first = services.start_batch(cast.admin, UploadBatch.Source.STOW)
+    for data in series_bytes(2):
+        ingest(first, data)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.finish_batch(first)
+    series = Series.objects.get()
+    assert sent == [("workers.prepare_series", (series.pk, 30), {"countdown": 30})]
+
+    # The first check runs while the second request has just brought more slices: nothing is prepared.
+    assert services.series_still_arriving(series.pk, 30)
+    assert modelops.prepare_and_queue(series.pk, 30) is None
+    assert Series.objects.get().prepared_at is None
+    # Thirty quiet seconds later the last request's check prepares it and queues inference.
+    Instance.objects.filter(series=series).update(created_at=timezone.now() - timedelta(seconds=31))
+    assert not services.series_still_arriving(series.pk, 30)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = modelops.prepare_and_queue(series.pk, 30)
+    assert run is not None and run.state == "queued"
+    assert Series.objects.get().prepared_at is not None
+
+
+def test_an_upload_batch_ends_its_series_at_once(batch, django_capture_on_commit_callbacks, monkeypatch):
+    sent = []
+    monkeypatch.setattr("webapp.jobs.enqueue", lambda name, *args, **kw: sent.append((name, args, kw)))
+    ingest(batch, series_bytes(1)[0])
+    with django_capture_on_commit_callbacks(execute=True):
+        services.finish_batch(batch)
+    assert sent == [("workers.prepare_series", (Series.objects.get().pk,), {})]

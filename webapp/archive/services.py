@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from webapp import jobs
@@ -97,7 +97,12 @@ def finish_batch(batch: UploadBatch, *, actor=None, request=None) -> dict:
         if newly_finished:
             audit(actor, "archive.upload.finished", obj=batch, details=summary["counts"], request=request)
             for series_id in summary["series_ids"]:
-                jobs.enqueue_on_commit("workers.prepare_series", series_id)
+                if batch.source == UploadBatch.Source.STOW and settings.SERIES_QUIET_SECONDS > 0:
+                    # More of this series may come in the next request: check once it has been quiet.
+                    jobs.enqueue_later_on_commit("workers.prepare_series", settings.SERIES_QUIET_SECONDS,
+                                                 series_id, settings.SERIES_QUIET_SECONDS)
+                else:
+                    jobs.enqueue_on_commit("workers.prepare_series", series_id)
     return summary
 
 
@@ -495,6 +500,12 @@ def _record(batch: UploadBatch | None, outcome: FileOutcome, actor, request) -> 
 
 
 # --- series preparation -------------------------------------------------------------------------
+
+
+def series_still_arriving(series_id: int, quiet_seconds: float) -> bool:
+    """True when an instance of the series arrived less than ``quiet_seconds`` ago."""
+    last = Instance.objects.filter(series_id=series_id).aggregate(last=models.Max("created_at"))["last"]
+    return last is not None and (timezone.now() - last).total_seconds() < quiet_seconds - 0.5
 
 
 def prepare_series(series_id: int) -> Series:

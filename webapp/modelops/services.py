@@ -155,8 +155,14 @@ def roll_back(*, actor, request=None) -> ModelVersion:
 # --- queueing -----------------------------------------------------------------------------------
 
 
-def prepare_and_queue(series_id: int) -> InferenceRun | None:
-    """After upload: geometry + thumbnail, then an inference run if a model reads this modality."""
+def prepare_and_queue(series_id: int, quiet_seconds: float = 0) -> InferenceRun | None:
+    """After upload: geometry + thumbnail, then an inference run if a model reads this modality.
+
+    With ``quiet_seconds`` (STOW-RS), nothing happens while instances of the series are still
+    arriving: the request that brought the newest one has scheduled its own, later check."""
+    if quiet_seconds and archive.series_still_arriving(series_id, quiet_seconds):
+        log.info("series %s still receiving instances; a later check prepares it", series_id)
+        return None
     archive.prepare_series(series_id)
     return queue_inference(Series.objects.select_related("study").get(pk=series_id))
 
