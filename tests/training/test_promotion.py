@@ -24,7 +24,7 @@ def metrics(heldout_cpm, phantom_cpm, dice=0.8, lesions=3):
     (metrics(0.60, 0.80), False, "not above"),                      # no gain
     (metrics(0.55, 0.80), False, "not above"),                      # worse
     (metrics(0.70, 0.78), False, "phantom-benchmark CPM fell"),     # forgets the phantoms
-    (metrics(0.70, 0.795), True, "within 0.01"),                    # a drop inside the allowance
+    (metrics(0.70, 0.795), True, "may fall by 0.01"),                  # a drop inside the allowance
     (metrics(0.70, 0.80, dice=0.7), False, "Dice >= 6 mm on the heldout set fell"),
     (metrics(float("nan"), 0.80), False, "missing"),
 ])

@@ -55,7 +55,7 @@ def decide(champion: dict, challenger: dict, rule: dict) -> tuple[bool, str]:
             ok = False
             reasons.append(f"phantom-benchmark CPM fell {old_p:.3f} -> {new_p:.3f} (more than {float(max_drop):g})")
         else:
-            reasons.append(f"phantom-benchmark CPM {old_p:.3f} -> {new_p:.3f} (within {float(max_drop):g})")
+            reasons.append(f"phantom-benchmark CPM {old_p:.3f} -> {new_p:.3f} (may fall by {float(max_drop):g})")
 
     if rule.get("require_dice_not_worse"):
         old_d, new_d = _value(champion.get(where), "dice_ge_6mm"), _value(challenger.get(where), "dice_ge_6mm")

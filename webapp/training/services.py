@@ -198,7 +198,7 @@ def _train_evaluate_decide(run: TrainingRun) -> None:
         heldout = evaluate_cases(model.path, heldout_cases, device=params["device"]) if heldout_cases else None
         _report(run.pk, "evaluate", 2 * i + 1, 4)
         phantom = phantom_benchmark(model.path, n=settings.RETRAIN_BENCHMARK_N, seed=settings.RETRAIN_BENCHMARK_SEED,
-                                    device=params["device"])
+                                    device=params["device"], preset=settings.RETRAIN_BENCHMARK_PRESET)
         _report(run.pk, "evaluate", 2 * i + 2, 4)
         metrics[who] = registry._jsonable({"heldout": heldout, "phantom": phantom})
     timings["evaluate"] = time.perf_counter() - t
@@ -239,7 +239,8 @@ def training_params() -> dict:
     return {"det_steps": settings.RETRAIN_DET_STEPS, "seg_steps": settings.RETRAIN_SEG_STEPS, "lr": settings.RETRAIN_LR,
             "seed": settings.RETRAIN_SEED, "device": settings.RETRAIN_DEVICE or None,
             "phantom_plan": [["small", settings.RETRAIN_PHANTOMS_SMALL], ["full", settings.RETRAIN_PHANTOMS_FULL]],
-            "benchmark": {"n": settings.RETRAIN_BENCHMARK_N, "seed": settings.RETRAIN_BENCHMARK_SEED},
+            "benchmark": {"n": settings.RETRAIN_BENCHMARK_N, "seed": settings.RETRAIN_BENCHMARK_SEED,
+                          "preset": settings.RETRAIN_BENCHMARK_PRESET},
             "heldout_share": settings.RETRAIN_HELDOUT_SHARE, "promotion_rule": dict(settings.PROMOTION_RULE)}
 
 
