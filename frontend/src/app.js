@@ -1,14 +1,15 @@
-// RadLoop CT viewer: entry point. Reads the page's config, opens the study's CT series, wires the
-// findings panel, keyboard and mouse, and exposes window.radloopViewer for tests and benchmarks.
-import './viewer.css';
+// RadLoop CT viewer proper, loaded by the page's entry (main.js) once the first image is painted:
+// opens the study's series in Cornerstone, wires the findings panel, keyboard and mouse, and exposes
+// window.radloopViewer for tests and benchmarks.
 import { HttpError, getJSON } from './api.js';
 import { CTViewer, PRESETS, initCornerstone } from './viewer.js';
 import { defaultSeries, listSeries, loadSeries } from './series.js';
+import { viewerShown } from './firstpaint.js';
 import { FindingLabelmap } from './labelmap.js';
-import { STATUS_COLOURS, drawOverlay, findingKey, renderDetail, renderList } from './findings.js';
+import { STATUS_COLOURS, drawOverlay, findingAt, findingKey, renderDetail, renderList } from './findings.js';
 import { SaveQueue } from './queue.js';
 
-const config = JSON.parse(document.getElementById('viewer-config').textContent);
+let config;
 const $ = (sel) => document.querySelector(sel);
 const app = $('#viewer-app');
 const SAVE_TEXT = { idle: '', saving: 'saving…', saved: 'saved', offline: 'offline, will retry', retrying: 'offline, will retry', conflict: 'not saved: conflict' };
@@ -51,14 +52,13 @@ let queue = null;
 
 // ---- start -------------------------------------------------------------------------------------
 
-async function start() {
+// pre: what main.js already asked for ({config, seriesUid, seriesRows, review, instances}: promises).
+async function open(pre) {
+  config = pre.config;
   performance.mark('radloop:script-start');
-  // Requests first (they run while Cornerstone initialises: WebGL probing takes a while).
-  const wanted = new URLSearchParams(location.search).get('series') || config.seriesUid;
-  const listP = listSeries(config.dicomwebRoot, config.studyUid);
-  const reviewP = getJSON(config.reviewApi).catch((err) => { state.apiError = err; return null; });
-  const seriesP = wanted ? loadSeries(config.dicomwebRoot, config.studyUid, wanted) : null;
-  seriesP?.catch(() => {});
+  const wanted = pre.seriesUid;
+  const listP = listSeries(config.dicomwebRoot, config.studyUid, pre.seriesRows);
+  const reviewP = pre.review.catch((err) => { state.apiError = err; return null; });
   initCornerstone();
   viewer = new CTViewer({
     container: $('#viewports'),
@@ -67,21 +67,22 @@ async function start() {
     onRender: () => scheduleDraw(),
   });
   buildChrome();
-  // Metadata of the series to show is fetched at once; the series list (QIDO-RS) and the findings
+  // Metadata of the series to show was asked for first; the series list (QIDO-RS) and the findings
   // (review API) arrive in parallel and never hold up the first image.
   const seriesUid = wanted || defaultSeries(await listP)?.seriesUid;
   if (!seriesUid) throw new Error('This study has no series.');
   listP.then((list) => { state.seriesList = list; renderSeriesBar(seriesUid); }).catch(() => {});
   setLoading('Loading images…');
-  state.series = await (seriesP || loadSeries(config.dicomwebRoot, config.studyUid, seriesUid));
+  state.series = await loadSeries(config.dicomwebRoot, config.studyUid, seriesUid, wanted ? await pre.instances : null);
   performance.mark('radloop:metadata-loaded');
 
   let firstImage;
   const shown = new Promise((resolve) => { firstImage = resolve; });
   const loading = viewer.openSeries(state.series, {
     onFirstImage: () => {
-      performance.mark('radloop:first-image');
-      performance.measure('radloop:time-to-first-image', { start: 0, end: 'radloop:first-image' });
+      viewerShown(); // first: when nothing was painted earlier, this is the first image
+      performance.mark('radloop:viewer-image');
+      performance.measure('radloop:time-to-viewer-image', { start: 0, end: 'radloop:viewer-image' });
       updateSliceLabel('stack');
       updateVoiLabel();
       firstImage();
@@ -95,6 +96,8 @@ async function start() {
   setupFindings();
   state.ready = true;
   app.dataset.ready = '1';
+  performance.mark('radloop:ready');
+  performance.measure('radloop:time-to-ready', { start: 0, end: 'radloop:ready' });
   await loading;
   performance.mark('radloop:series-loaded');
   performance.measure('radloop:time-to-series-loaded', { start: 0, end: 'radloop:series-loaded' });
@@ -200,7 +203,16 @@ function buildChrome() {
     el.addEventListener('pointerleave', () => { lastPointer = null; $('#cursor-readout').textContent = ''; });
     el.addEventListener('pointerdown', (e) => onPointerDown(name, e), true);
   }
-  window.addEventListener('resize', () => { viewer.engine.resize(true, true); scheduleDraw(); });
+  // Canvases follow their cells whatever changes the layout (window size, a notice above the views,
+  // the stack -> MPR switch), not only window resizes.
+  let resizePending = false;
+  new ResizeObserver(() => {
+    if (resizePending) return;
+    resizePending = true;
+    requestAnimationFrame(() => { resizePending = false; viewer.engine.resize(true, true); scheduleDraw(); });
+  }).observe($('#viewports'));
+  for (const vp of document.querySelectorAll('#viewports .vp-el')) new ResizeObserver(() => scheduleDraw()).observe(vp);
+  window.addEventListener('pointerup', onPointerUp);
   updateBrushLabel();
 }
 
@@ -295,9 +307,14 @@ function onPointerMove(name, e) {
 }
 
 let painting = null;
+let clickStart = null; // a left press with a viewing tool: a click (no drag) on a finding's circle selects it
 function onPointerDown(name, e) {
   if (e.button !== 0 || !state.ready) return;
   const tool = state.tool;
+  if (!['brush', 'eraser', 'add'].includes(tool)) {
+    clickStart = { name, x: e.clientX, y: e.clientY };
+    return;
+  }
   if (tool === 'add') {
     e.stopPropagation();
     addFinding(viewer.canvasToWorld(name, ...canvasPoint(name, e)));
@@ -317,6 +334,15 @@ function onPointerDown(name, e) {
     if (p && p.changed) finishMask(p);
   };
   viewer.elements[name].addEventListener('pointerup', up);
+}
+
+function onPointerUp(e) {
+  const start = clickStart;
+  clickStart = null;
+  if (!start || e.button !== 0 || Math.hypot(e.clientX - start.x, e.clientY - start.y) > 4) return;
+  const rect = viewer.elements[start.name].getBoundingClientRect();
+  const f = findingAt(viewer, start.name, state.findings, start.x - rect.left, start.y - rect.top);
+  if (f && f !== state.selected) select(f);
 }
 
 function paintAt(name, e) {
@@ -679,6 +705,7 @@ window.radloopViewer = {
     return [rect.left + x, rect.top + y];
   },
   viewportNames: () => viewer.names,
+  geometry: () => state.series?.geometry ?? null,
   goTo: (world) => viewer.goTo(world),
   timings: () => ({
     ...Object.fromEntries(performance.getEntriesByType('mark')
@@ -688,10 +715,12 @@ window.radloopViewer = {
   }),
 };
 
-start().catch((err) => {
-  console.error(err);
-  state.error = err instanceof HttpError ? `${err.status}: ${err.message}` : String(err.message || err);
-  setLoading('');
-  app.dataset.error = '1';
-  notice(`The viewer could not open this study: ${state.error}`);
-});
+export function start(pre) {
+  return open(pre).catch((err) => {
+    console.error(err);
+    state.error = err instanceof HttpError ? `${err.status}: ${err.message}` : String(err.message || err);
+    setLoading('');
+    app.dataset.error = '1';
+    notice(`The viewer could not open this study: ${state.error}`);
+  });
+}

@@ -67,21 +67,17 @@ export function renderDetail(el, f, { editable }) {
     <button type="button" id="finding-comment-save" ${dis}>Save comment</button>`;
 }
 
-// Circles where the plane of a view cuts each finding's sphere, coloured by status.
-export function drawOverlay(svg, viewer, name, findings, selected) {
+// Where the plane of a view cuts each finding's sphere: [{f, idx, cx, cy, r}] in canvas pixels
+// (r: the radius of the circle drawn, which is what a click has to hit).
+export function findingCircles(viewer, name, findings) {
   const vp = viewer.engine.getViewport(name);
-  if (!vp) { svg.innerHTML = ''; return; }
+  if (!vp) return [];
   const cam = vp.getCamera();
   const n = cam.viewPlaneNormal;
   const up = cam.viewUp;
-  const rect = svg.getBoundingClientRect();
-  svg.setAttribute('viewBox', `0 0 ${rect.width} ${rect.height}`);
-  let out = '';
   let focal = cam.focalPoint;
-  if (name === 'stack') {
-    const k = vp.getCurrentImageIdIndex();
-    focal = viewer.series.geometry.positions[k];
-  }
+  if (name === 'stack') focal = viewer.series.geometry.positions[vp.getCurrentImageIdIndex()];
+  const out = [];
   findings.forEach((f, idx) => {
     if (!f.centre_mm || !f.diameter_mm) return;
     const r = f.diameter_mm / 2;
@@ -91,12 +87,31 @@ export function drawOverlay(svg, viewer, name, findings, selected) {
     const centre = sub(f.centre_mm, scale(n, d));
     const [cx, cy] = vp.worldToCanvas(centre);
     const [ex, ey] = vp.worldToCanvas(add(centre, scale(up, Math.max(inPlane, 0.5))));
-    const rr = Math.max(3, norm([ex - cx, ey - cy, 0]));
+    out.push({ f, idx, cx, cy, r: Math.max(3, norm([ex - cx, ey - cy, 0])) + 3 });
+  });
+  return out;
+}
+
+// The finding whose drawn circle contains canvas point (x, y); the smallest one when circles nest.
+export function findingAt(viewer, name, findings, x, y) {
+  const hits = findingCircles(viewer, name, findings)
+    .filter((c) => (c.cx - x) ** 2 + (c.cy - y) ** 2 <= c.r * c.r)
+    .sort((a, b) => a.r - b.r);
+  return hits[0]?.f ?? null;
+}
+
+// Circles where the plane of a view cuts each finding's sphere, coloured by status.
+export function drawOverlay(svg, viewer, name, findings, selected) {
+  if (!viewer.engine.getViewport(name)) { svg.innerHTML = ''; return; }
+  const rect = svg.getBoundingClientRect();
+  svg.setAttribute('viewBox', `0 0 ${rect.width} ${rect.height}`);
+  let out = '';
+  for (const { f, idx, cx, cy, r } of findingCircles(viewer, name, findings)) {
     const [cr, cg, cb] = STATUS_COLOURS[f.status] || [255, 255, 255];
     const dash = f.status === 'rejected' ? 'stroke-dasharray="4 3"' : '';
     const width = f === selected ? 2.5 : 1.5;
-    out += `<circle cx="${cx.toFixed(1)}" cy="${cy.toFixed(1)}" r="${(rr + 3).toFixed(1)}" fill="none" stroke="rgb(${cr},${cg},${cb})" stroke-width="${width}" ${dash}/>`;
-    out += `<text x="${(cx + rr + 6).toFixed(1)}" y="${(cy - rr - 2).toFixed(1)}" fill="rgb(${cr},${cg},${cb})" font-size="12">#${idx + 1} ${Number(f.diameter_mm).toFixed(1)} mm</text>`;
-  });
+    out += `<circle cx="${cx.toFixed(1)}" cy="${cy.toFixed(1)}" r="${r.toFixed(1)}" fill="none" stroke="rgb(${cr},${cg},${cb})" stroke-width="${width}" ${dash}/>`;
+    out += `<text x="${(cx + r + 3).toFixed(1)}" y="${(cy - r + 1).toFixed(1)}" fill="rgb(${cr},${cg},${cb})" font-size="12">#${idx + 1} ${Number(f.diameter_mm).toFixed(1)} mm</text>`;
+  }
   svg.innerHTML = out;
 }

@@ -21,7 +21,7 @@ class BundleMissing(RuntimeError):
 class Bundle:
     script: str  # static path of the entry module, e.g. "dist/assets/viewer-1a2b3c.js"
     css: tuple[str, ...]
-    preload: tuple[str, ...]  # static chunks the entry imports
+    preload: tuple[str, ...]  # chunks the entry imports, also those it imports later with import()
 
 
 def _manifest_path() -> Path | None:
@@ -37,11 +37,20 @@ def _read(path: Path, mtime: float) -> Bundle:
     entry = manifest.get(ENTRY)
     if entry is None:
         raise BundleMissing(f"{path} has no entry for {ENTRY}")
-    preload = []
-    for key in entry.get("imports", []):
+    # The entry is tiny and imports the viewer proper (Cornerstone) with import() once the first
+    # image is painted; <link rel=modulepreload> has the browser download and parse those chunks
+    # meanwhile, so that import() only evaluates them.
+    preload: list[str] = []
+    seen = {ENTRY}
+    todo = list(entry.get("imports", [])) + list(entry.get("dynamicImports", []))
+    while todo:
+        key = todo.pop(0)
         chunk = manifest.get(key)
-        if chunk:
-            preload.append(f"{DIST}/{chunk['file']}")
+        if key in seen or not chunk:
+            continue
+        seen.add(key)
+        preload.append(f"{DIST}/{chunk['file']}")
+        todo += list(chunk.get("imports", []))  # (codecs a chunk may import() stay on demand)
     return Bundle(
         script=f"{DIST}/{entry['file']}",
         css=tuple(f"{DIST}/{c}" for c in entry.get("css", [])),
