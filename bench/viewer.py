@@ -7,8 +7,12 @@ MPR views are up), for a 200-slice 512×512 phantom CT, read from the browser's 
 Runs RadLoop the way `make run` serves it (gunicorn + whitenoise over collected static files,
 SQLite, local archive) in a temporary folder, and drives Debian's Chromium with Playwright (WebGL
 through SwiftShader, as in the browser tests). Each run is a fresh browser context (empty HTTP
-cache). The viewer sets performance marks `radloop:first-image` and `radloop:series-loaded`;
-measures are from navigation start. Baseline in the same run: the same metadata + every frame
+cache). The viewer sets performance marks; measures are from navigation start:
+  radloop:first-image   the middle slice is on screen (painted by the page's tiny entry from the raw
+                        frame before Cornerstone is evaluated, or by Cornerstone if that came first)
+  radloop:viewer-image  Cornerstone's stack viewport has rendered it (it replaces the first paint)
+  radloop:ready         findings, keyboard and mouse tools wired
+  radloop:series-loaded every slice loaded (then the MPR views come up) Baseline in the same run: the same metadata + every frame
 fetched by a plain HTTP client (8 connections), i.e. what the server alone needs. Asserts nothing.
 """
 from __future__ import annotations
@@ -131,9 +135,12 @@ def browser_runs(base: str, study_uid: str, runs: int) -> list[dict]:
             page.goto(f"/studies/{study_uid}/view/")
             page.wait_for_function("window.radloopViewer && window.radloopViewer.loaded", timeout=600_000)
             t = page.evaluate("window.radloopViewer.timings()")
+            first_by = page.evaluate("performance.getEntriesByName('radloop:first-image', 'mark')[0].detail?.by")
             row = {"first": t["radloop:time-to-first-image"], "all": t["radloop:time-to-series-loaded"],
+                   "viewer": t["radloop:time-to-viewer-image"], "ready": t["radloop:time-to-ready"], "by": first_by,
                    "mode": page.evaluate("window.radloopViewer.mode"), "errors": page.evaluate("window.radloopViewer.error")}
-            print(f"run {run + 1}: first image {row['first']:.0f} ms, whole series {row['all']:.0f} ms "
+            print(f"run {run + 1}: first image {row['first']:.0f} ms (drawn by {first_by}), Cornerstone image "
+                  f"{row['viewer']:.0f} ms, ready {row['ready']:.0f} ms, whole series {row['all']:.0f} ms "
                   f"(then {row['mode']}){'  error: ' + str(row['errors']) if row['errors'] else ''}; "
                   f"script started {t['radloop:script-start']:.0f} ms, metadata {t['radloop:metadata-loaded']:.0f} ms", flush=True)
             out.append(row)
@@ -160,10 +167,14 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
     first = [r["first"] for r in rows]
+    viewer = [r["viewer"] for r in rows]
+    ready = [r["ready"] for r in rows]
     whole = [r["all"] for r in rows]
     print()
     print(f"Viewer, {args.slices} slices of 512×512, {args.runs} cold runs (fresh browser context each), Chromium + SwiftShader")
     print(f"  time to first image      median {statistics.median(first):7.0f} ms   (min {min(first):.0f}, max {max(first):.0f})")
+    print(f"  time to Cornerstone image median {statistics.median(viewer):6.0f} ms   (min {min(viewer):.0f}, max {max(viewer):.0f})")
+    print(f"  time to ready (tools)    median {statistics.median(ready):7.0f} ms   (min {min(ready):.0f}, max {max(ready):.0f})")
     print(f"  time to whole series     median {statistics.median(whole):7.0f} ms   (min {min(whole):.0f}, max {max(whole):.0f})")
     print(f"  baseline: same bytes by a plain HTTP client  {baseline * 1000:7.0f} ms")
     print(f"  whole series / baseline  {statistics.median(whole) / (baseline * 1000):.2f}x")
