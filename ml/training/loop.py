@@ -67,11 +67,14 @@ def _save(path: Path, net, opt, step: int, history: list) -> None:
 
 
 def train_model(net: torch.nn.Module, sample: Callable, loss_fn: Callable, cfg: TrainConfig, *, name: str,
-                device: torch.device, checkpoint: Path | None = None, resume: bool = True) -> list[dict]:
+                device: torch.device, checkpoint: Path | None = None, resume: bool = True,
+                on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``net`` in place for ``cfg.steps`` steps and return the logged history.
 
     ``sample(rng, batch) -> tuple of float32 arrays`` (inputs first); ``loss_fn(out, *targets) ->
     (loss tensor, dict of floats)``. ``checkpoint``: where the resumable training state lives.
+    ``on_step``: called after every optimiser step with ``{"step": done, "steps": total, "loss": this
+    step's loss, "lr": ..., "eta_s": seconds left at the rate of this session}`` (throttle on the caller's side).
     """
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -95,6 +98,10 @@ def train_model(net: torch.nn.Module, sample: Callable, loss_fn: Callable, cfg: 
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
         running.append({"loss": float(loss.detach()), **parts})
+        if on_step is not None:
+            rate = (step + 1 - start) / max(time.monotonic() - progress.t0, 1e-9)
+            on_step({"step": step + 1, "steps": cfg.steps, "loss": running[-1]["loss"], "lr": lr_at(cfg, step),
+                     "eta_s": (cfg.steps - step - 1) / max(rate, 1e-9)})
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             mean = {k: float(np.mean([r[k] for r in running])) for k in running[0]}
             history.append({"step": step + 1, **mean})
