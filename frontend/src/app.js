@@ -425,6 +425,7 @@ function prepareRestore(body) {
 
 function onSaved(body, answer, localId) {
   state.caseInfo = answer.case || state.caseInfo;
+  if (body.action === 'signoff') notice('Signed off.'); // replaces an earlier refusal still on screen
   if (answer.case) {
     $('#case-status').textContent = answer.case.review_status.replace('_', ' ');
     $('#case-status').className = `badge review-${answer.case.review_status}`;

@@ -46,6 +46,7 @@ def test_sign_off_is_refused_while_a_finding_is_proposed_and_then_shows_in_the_w
     wait_saved(page)
     page.wait_for_function("document.querySelector('#case-status').textContent === 'signed off'")
     assert Study.objects.get(pk=study.pk).review_status == "signed_off"
+    assert page.inner_text("#notice") == "Signed off."  # the earlier refusal is no longer shown
     case = CaseReview.objects.get(study=study)
     assert case.signed_off_by == cast.radiologist and case.signed_off_at is not None
     screenshot(page, "viewer-signed-off")
