@@ -229,13 +229,14 @@ RETRAIN_HELDOUT_SHARE = envfloat("RETRAIN_HELDOUT_SHARE", 0.2)
 if not 0.0 <= RETRAIN_HELDOUT_SHARE < 1.0:
     raise ImproperlyConfigured("RETRAIN_HELDOUT_SHARE must be in [0, 1)")
 RETRAIN_MIN_TRAIN_CASES = envint("RETRAIN_MIN_TRAIN_CASES", 1)  # signed-off training cases needed to start
-RETRAIN_DET_STEPS = envint("RETRAIN_DET_STEPS", 400)  # fine-tuning steps of the detector
-RETRAIN_SEG_STEPS = envint("RETRAIN_SEG_STEPS", 200)  # ... and of the segmenter
-RETRAIN_LR = envfloat("RETRAIN_LR", 1e-4)
+RETRAIN_DET_STEPS = envint("RETRAIN_DET_STEPS", 200)  # fine-tuning steps of the detector
+RETRAIN_SEG_STEPS = envint("RETRAIN_SEG_STEPS", 150)  # ... and of the segmenter
+RETRAIN_LR = envfloat("RETRAIN_LR", 2e-4)
 RETRAIN_SEED = envint("RETRAIN_SEED", 0)
 # Phantoms mixed into every fine-tuning run so the model does not forget (small and full presets).
-RETRAIN_PHANTOMS_SMALL = envint("RETRAIN_PHANTOMS_SMALL", 8)
-RETRAIN_PHANTOMS_FULL = envint("RETRAIN_PHANTOMS_FULL", 2)
+# Defaults = ml.finetune's (sized for < 10 min on 2 CPU cores with 10 new cases).
+RETRAIN_PHANTOMS_SMALL = envint("RETRAIN_PHANTOMS_SMALL", 24)
+RETRAIN_PHANTOMS_FULL = envint("RETRAIN_PHANTOMS_FULL", 4)
 # The fixed phantom benchmark both champion and challenger are measured on (ml.evaluate's test seeds).
 RETRAIN_BENCHMARK_N = envint("RETRAIN_BENCHMARK_N", 4)
 RETRAIN_BENCHMARK_SEED = envint("RETRAIN_BENCHMARK_SEED", 90_000)
