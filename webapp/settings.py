@@ -219,6 +219,9 @@ INFERENCE_STALE_SECONDS = envint("INFERENCE_STALE_SECONDS", 300)
 # A series sent by STOW-RS (a PACS may send one series over many requests) counts as complete once no
 # instance of it arrived for this long; an upload batch ends its series at once.
 SERIES_QUIET_SECONDS = envint("SERIES_QUIET_SECONDS", 30)
+# An upload batch that received nothing for this long (tab closed mid-upload) is finished by the
+# periodic upkeep, so what arrived is read by the AI like any other upload.
+UPLOAD_ABANDONED_SECONDS = envint("UPLOAD_ABANDONED_SECONDS", 600)
 
 # --- Retraining (webapp.training) ------------------------------------------------------------
 # Every N newly signed-off cases (since the last training run) queue a retraining; 0 turns it off.
@@ -295,6 +298,7 @@ CELERY_TASK_ROUTES = {
     "workers.prepare_series": {"queue": "cpu"},
     "workers.infer_series": {"queue": "gpu"},
     "workers.request_retraining": {"queue": "cpu"},
+    "workers.pipeline_upkeep": {"queue": "cpu"},
     "workers.retrain": {"queue": "train"},  # its own worker: concurrency 1, niced, torch threads capped
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

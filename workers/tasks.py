@@ -71,6 +71,12 @@ def retrain(run_id: int) -> dict:
     return training.run_training(run_id)
 
 
+@app.task(name="workers.pipeline_upkeep", soft_time_limit=120, time_limit=150, ignore_result=True)
+def pipeline_upkeep() -> dict:
+    """Every minute (beat): abandoned upload batches are finished, runs of dead workers re-queued."""
+    return modelops.pipeline_upkeep()
+
+
 @worker_ready.connect
 def _recover_on_start(sender=None, **kwargs):
     """A worker that starts picks up runs whose worker died or whose message the broker lost."""

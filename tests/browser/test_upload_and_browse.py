@@ -52,7 +52,8 @@ def test_an_admin_uploads_files_and_a_zip_and_sees_the_outcomes(page, cast, tmp_
     rows = page.locator("tr.study-row")
     assert rows.count() == 1
     assert "Browser, Test" in rows.first.inner_text()
-    rows.first.locator("a").click()
+    assert rows.first.locator("a.open-viewer").get_attribute("href").endswith("/view/")  # the reader's way in
+    rows.first.locator("a:has-text('details')").click()  # the admin's study page
     page.wait_for_selector(".series-card")
     page.wait_for_function("document.querySelector('.series-card img').naturalWidth > 0")
     screenshot(page, "study-page")

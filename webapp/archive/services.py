@@ -13,6 +13,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -104,6 +105,21 @@ def finish_batch(batch: UploadBatch, *, actor=None, request=None) -> dict:
                 else:
                     jobs.enqueue_on_commit("workers.prepare_series", series_id)
     return summary
+
+
+def finish_abandoned_batches(idle_seconds: float) -> list[int]:
+    """Finish open batches that received nothing for ``idle_seconds`` (a closed tab, a lost
+    connection): what was stored is complete as far as anyone will send it. Returns their ids."""
+    cutoff = timezone.now() - timedelta(seconds=idle_seconds)
+    idle = (UploadBatch.objects.filter(state=UploadBatch.State.OPEN, created_at__lt=cutoff)
+            .annotate(last_item=models.Max("items__created_at"))
+            .filter(models.Q(last_item__lt=cutoff) | models.Q(last_item__isnull=True)))
+    done = []
+    for batch in idle:
+        summary = finish_batch(batch)
+        log.info("finished abandoned upload batch %s: %s", batch.pk, summary["counts"])
+        done.append(batch.pk)
+    return done
 
 
 def batch_summary(batch: UploadBatch) -> dict:

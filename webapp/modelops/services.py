@@ -318,14 +318,16 @@ def update_study_status(study_id: int) -> str:
 # --- recovery -----------------------------------------------------------------------------------
 
 
-def recover_stalled_runs(*, stale_seconds: int | None = None, actor=None) -> list[int]:
-    """Queue again the runs whose worker died (running, no heartbeat) or whose message was lost
-    (queued long ago, e.g. the broker restarted without persistence). Returns their ids."""
+def recover_stalled_runs(*, stale_seconds: int | None = None, actor=None, include_queued: bool = True) -> list[int]:
+    """Queue again the runs whose worker died (running, no heartbeat) or, with ``include_queued``,
+    whose message was lost (queued long ago, e.g. the broker restarted without persistence). Returns
+    their ids. The periodic upkeep leaves queued runs alone: a long backlog is not a lost message."""
     stale = timedelta(seconds=stale_seconds if stale_seconds is not None else settings.INFERENCE_STALE_SECONDS)
     cutoff = timezone.now() - stale
-    stalled = InferenceRun.objects.filter(
-        Q(state=State.RUNNING, heartbeat_at__lt=cutoff) | Q(state=State.QUEUED, queued_at__lt=cutoff)
-    ).select_related("series", "model_version")
+    lost = Q(state=State.RUNNING, heartbeat_at__lt=cutoff)
+    if include_queued:
+        lost |= Q(state=State.QUEUED, queued_at__lt=cutoff)
+    stalled = InferenceRun.objects.filter(lost).select_related("series", "model_version")
     recovered = []
     for run in stalled:
         queue_inference(run.series, model=run.model_version, actor=actor)
@@ -333,6 +335,14 @@ def recover_stalled_runs(*, stale_seconds: int | None = None, actor=None) -> lis
     if recovered:
         log.warning("re-queued %d stalled inference run(s): %s", len(recovered), recovered)
     return recovered
+
+
+def pipeline_upkeep() -> dict:
+    """The periodic job (beat, every minute): finish upload batches the browser abandoned (their series
+    are prepared and read like any other) and re-queue runs whose worker died mid-run."""
+    finished = archive.finish_abandoned_batches(settings.UPLOAD_ABANDONED_SECONDS)
+    recovered = recover_stalled_runs(include_queued=False)
+    return {"finished_batches": finished, "recovered_runs": recovered}
 
 
 # --- what the case browser shows ------------------------------------------------------------------
