@@ -219,6 +219,9 @@ INFERENCE_STALE_SECONDS = envint("INFERENCE_STALE_SECONDS", 300)
 # A series sent by STOW-RS (a PACS may send one series over many requests) counts as complete once no
 # instance of it arrived for this long; an upload batch ends its series at once.
 SERIES_QUIET_SECONDS = envint("SERIES_QUIET_SECONDS", 30)
+# Test-time augmentation (flips) on every inference: its disagreement is the per-finding and per-case
+# uncertainty the worklist and the active-learning order use (costs ~1.6x the inference time).
+INFERENCE_TTA = envbool("INFERENCE_TTA", True)
 # An upload batch that received nothing for this long (tab closed mid-upload) is finished by the
 # periodic upkeep, so what arrived is read by the AI like any other upload.
 UPLOAD_ABANDONED_SECONDS = envint("UPLOAD_ABANDONED_SECONDS", 600)

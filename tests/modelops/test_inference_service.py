@@ -76,6 +76,9 @@ def test_inference_finds_the_phantom_nodule_where_it_is(phantom_series):
     assert nearest.get_mask().sum() * voxel_ml == pytest.approx(nearest.volume_ml, rel=0.02)
     assert nearest.model_version.version == 1
     assert Study.objects.get().ai_status == "ai_ready"
+    # TTA is on by default: every finding and the run carry an uncertainty in [0, 1]
+    assert all(f.uncertainty is not None and 0.0 <= f.uncertainty <= 1.0 for f in findings)
+    assert run.case_uncertainty == pytest.approx(max(f.uncertainty for f in findings))
 
 
 def test_running_again_replaces_ai_findings_and_keeps_corrected_ones(phantom_series, no_broker):

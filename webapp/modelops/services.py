@@ -240,7 +240,7 @@ def run_inference(run_id: int, predictor_for: Callable[[ModelVersion], object]) 
         volume = _load_volume(run)
         load_seconds = time.perf_counter() - started
         predictor = predictor_for(run.model_version)
-        prediction = predictor.predict(volume, tta=False, progress=_progress_reporter(run.pk))
+        prediction = predictor.predict(volume, tta=settings.INFERENCE_TTA, progress=_progress_reporter(run.pk))
         store_started = time.perf_counter()
         with transaction.atomic():
             stored = replace_ai_findings(run, prediction.findings)
