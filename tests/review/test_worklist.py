@@ -77,11 +77,13 @@ def test_the_page_costs_the_same_queries_for_more_rows(radiologist_client, cast,
 
 @pytest.mark.parametrize("query, expected", [
     ({"assigned": "mine"}, ["P-BOB"]),
-    ({"assigned": "unassigned"}, ["P-EVE", "P-DAN", "P-CID"]),
+    ({"assigned": "unassigned", "sort": "-study_date"}, ["P-EVE", "P-DAN", "P-CID"]),
+    ({"assigned": "unassigned"}, ["P-CID", "P-EVE", "P-DAN"]),  # default: AI priority, then unranked newest first
     ({"review_status": "signed_off"}, ["P-EVE"]),
-    ({"ai_result": "positive"}, ["P-EVE", "P-BOB", "P-ANN"]),
+    ({"ai_result": "positive", "sort": "-study_date"}, ["P-EVE", "P-BOB", "P-ANN"]),
+    ({"ai_result": "positive"}, ["P-BOB", "P-ANN", "P-EVE"]),
     ({"ai_result": "negative"}, ["P-CID"]),
-    ({"date_from": "2025-02-01", "date_to": "2025-03-31"}, ["P-CID", "P-BOB"]),
+    ({"date_from": "2025-02-01", "date_to": "2025-03-31", "sort": "-study_date"}, ["P-CID", "P-BOB"]),
     ({"sort": "-max_uncertainty"}, ["P-EVE", "P-BOB", "P-ANN", "P-DAN", "P-CID"]),
     ({"sort": "max_uncertainty"}, ["P-ANN", "P-BOB", "P-EVE", "P-DAN", "P-CID"]),
     ({"sort": "-largest_mm"}, ["P-EVE", "P-ANN", "P-BOB", "P-DAN", "P-CID"]),
@@ -105,7 +107,7 @@ def test_sorting_by_anything_else_is_refused_politely(radiologist_client, workli
 
     assert response.status_code == 200
     assert "Cannot sort by &#x27;patient_birth_date&#x27;." in response.content.decode()
-    assert listed(response)[0] == "P-EVE"  # default order: newest study first
+    assert listed(response)[0] == "P-BOB"  # default order: the active-learning priority (bob is the most uncertain)
 
 
 def test_a_column_header_sorts_and_then_reverses(radiologist_client, worklist):
@@ -117,20 +119,23 @@ def test_a_column_header_sorts_and_then_reverses(radiologist_client, worklist):
 
 
 def test_next_case_order(client, cast, worklist):
-    """AI ready first; assigned to me before unassigned; then largest finding; never signed off or
-    someone else's case."""
+    """AI ready first; assigned to me before unassigned; then the active-learning priority (most
+    uncertain); never signed off or someone else's case."""
     client.force_login(cast.radiologist)
 
     def next_uid():
         response = client.get(f"{API}/next/")
         return response.json()["study_uid"] if response.status_code == 200 else None
 
-    assert next_uid() == worklist["ann"].study_uid  # largest AI finding among unassigned, AI-ready cases
+    assert next_uid() == worklist["bob"].study_uid  # most uncertain among unassigned, AI-ready cases
+    assign(worklist["bob"], cast.radiologist2)
+    assert next_uid() == worklist["ann"].study_uid  # then ann (0.1) before cid (negative, nothing uncertain)
+    assign(worklist["bob"], None)
     assign(worklist["cid"], cast.radiologist)
     assert next_uid() == worklist["cid"].study_uid  # mine first
     assign(worklist["cid"], None)
     assign(worklist["ann"], cast.radiologist2)
-    assert next_uid() == worklist["bob"].study_uid  # ann is ravi's now
+    assert next_uid() == worklist["bob"].study_uid  # ann is ravi's now (bob was first anyway)
     Study.objects.filter(pk__in=[worklist["bob"].pk, worklist["cid"].pk]).update(review_status=ReviewStatus.SIGNED_OFF)
     assert next_uid() == worklist["dan"].study_uid  # AI not ready, but still to read
     Study.objects.filter(pk=worklist["dan"].pk).update(review_status=ReviewStatus.SIGNED_OFF)
@@ -157,7 +162,7 @@ def test_next_case_ties_go_to_the_most_uncertain_then_the_oldest(client, cast, m
 def test_the_next_case_button_redirects_to_the_viewer_or_back_with_a_message(radiologist_client, worklist):
     response = radiologist_client.get("/next/")
 
-    assert response.status_code == 302 and response["Location"] == f"/studies/{worklist['ann'].study_uid}/view/"
+    assert response.status_code == 302 and response["Location"] == f"/studies/{worklist['bob'].study_uid}/view/"
     Study.objects.update(review_status=ReviewStatus.SIGNED_OFF)
     response = radiologist_client.get("/next/", follow=True)
     assert response.redirect_chain == [("/studies/", 302)]

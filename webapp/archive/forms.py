@@ -4,6 +4,7 @@ from django import forms
 from .models import AIStatus, ReviewStatus
 
 SORTS = {
+    "priority_rank": "Most informative first (AI priority)",
     "-study_date": "Newest study first",
     "study_date": "Oldest study first",
     "patient_name": "Patient name A-Z",
@@ -19,8 +20,9 @@ SORTS = {
 # nothing else from the query string reaches order_by.
 SORTABLE_COLUMNS = (
     "patient_name", "patient_id", "study_date", "first_modality", "num_instances", "ai_status", "ai_findings",
-    "largest_mm", "max_uncertainty", "review_status", "assignee_name", "created_at",
+    "largest_mm", "max_uncertainty", "review_status", "assignee_name", "created_at", "priority_rank",
 )
+DEFAULT_SORT = "priority_rank"  # the active-learning order (webapp.review.ranking)
 ASSIGNMENT_CHOICES = [("", "All cases"), ("mine", "Assigned to me"), ("unassigned", "Unassigned")]
 AI_RESULT_CHOICES = [("", "AI positive or negative"), ("positive", "AI positive"), ("negative", "AI negative")]
 

@@ -16,11 +16,13 @@ from webapp.accounts.services import audit, can_read_studies
 from webapp.modelops.models import InferenceRun
 from webapp.modelops.services import ai_summary
 from webapp.review.models import Finding
-from webapp.review.worklist import filter_ai_result, filter_assignment, next_case, viewer_url, with_review_columns
+from webapp.review.ranking import current_ranking
+from webapp.review.worklist import (filter_ai_result, filter_assignment, next_case, viewer_url, with_priority,
+                                    with_review_columns)
 
 from . import services
 from .access import get_batch_for_user, get_series_for_user, get_study_for_user, studies_for_user
-from .forms import SORTABLE_COLUMNS, StudyFilterForm
+from .forms import DEFAULT_SORT, SORTABLE_COLUMNS, StudyFilterForm
 from .models import Series
 from .storage import archive_storage
 
@@ -29,7 +31,8 @@ PAGE_SIZE = 25
 
 @require_GET
 def study_list(request):
-    studies = with_review_columns(studies_for_user(request.user))
+    ranking = current_ranking()
+    studies = with_priority(with_review_columns(studies_for_user(request.user)), ranking)
     form = StudyFilterForm(request.GET or None)
     if form.is_valid():
         data = form.cleaned_data
@@ -50,18 +53,19 @@ def study_list(request):
             studies = studies.filter(ai_status=data["ai_status"])
         studies = filter_assignment(studies, data["assigned"], request.user)
         studies = filter_ai_result(studies, data["ai_result"])
-        sort = data["sort"] or "-study_date"
+        sort = data["sort"] or DEFAULT_SORT
     else:
-        sort = "-study_date"
+        sort = DEFAULT_SORT
     column = F(sort.lstrip("-"))
     studies = studies.order_by(column.desc(nulls_last=True) if sort.startswith("-") else column.asc(nulls_last=True),
-                               "-created_at", "pk")
+                               "-study_date", "-created_at", "pk")
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
     modalities = _modalities_by_study([s.pk for s in page])
     ai = ai_summary([s.pk for s in page])
     for study in page:
         study.modalities = modalities.get(study.pk, [])
         study.ai = ai[study.pk]
+        study.priority = ranking.get(study.pk)
     query = request.GET.copy()
     query.pop("page", None)
     return render(

@@ -1,7 +1,8 @@
 """The worklist: review columns on the case browser's query, and which case to read next.
 
 Everything is a subquery or a join on the one study query, so a page costs a fixed number of
-queries whatever its length.
+queries whatever its length. The active-learning priority (:mod:`.ranking`) is computed once per
+request for every AI-ready case that is not signed off, and joined in as ``priority_rank``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.db.models.functions import Coalesce
 from webapp.archive.models import AIStatus, ReviewStatus, Series, Study
 
 from .models import Finding
+from .ranking import CasePriority, current_ranking
 
 
 def _ai_findings(study_ref=OuterRef("pk")):
@@ -49,11 +51,22 @@ def filter_ai_result(studies: QuerySet[Study], result: str) -> QuerySet[Study]:
     return studies
 
 
+def with_priority(studies: QuerySet[Study], ranking: dict[int, CasePriority] | None = None) -> QuerySet[Study]:
+    """Adds ``priority_rank``: the case's place in the active-learning order (1 = read first; None for
+    cases that are signed off or not read by the AI yet)."""
+    ranking = current_ranking() if ranking is None else ranking
+    if not ranking:
+        return studies.annotate(priority_rank=Value(None, output_field=IntegerField()))
+    return studies.annotate(priority_rank=Case(
+        *[When(pk=study_id, then=Value(p.rank)) for study_id, p in ranking.items()],
+        default=Value(None), output_field=IntegerField()))
+
+
 def next_case(user) -> Study | None:
     """Highest-priority case for ``user``: not signed off and not assigned to someone else; AI ready
-    first, then assigned to the user before unassigned, then largest AI finding, then highest AI
-    uncertainty, then the oldest in the archive."""
-    studies = with_review_columns(Study.objects.exclude(review_status=ReviewStatus.SIGNED_OFF))
+    first, then assigned to the user before unassigned, then the active-learning order (most
+    informative first, see :mod:`.ranking`), then the oldest in the archive."""
+    studies = with_priority(Study.objects.exclude(review_status=ReviewStatus.SIGNED_OFF))
     studies = studies.filter(
         Q(case_review__isnull=True) | Q(case_review__assignee__isnull=True) | Q(case_review__assignee=user)
     )
@@ -61,10 +74,7 @@ def next_case(user) -> Study | None:
         ai_rank=Case(When(ai_status=AIStatus.AI_READY, then=0), default=1, output_field=IntegerField()),
         mine_rank=Case(When(case_review__assignee=user, then=0), default=1, output_field=IntegerField()),
     )
-    return studies.order_by(
-        "ai_rank", "mine_rank", F("largest_mm").desc(nulls_last=True), F("max_uncertainty").desc(nulls_last=True),
-        "created_at", "pk",
-    ).first()
+    return studies.order_by("ai_rank", "mine_rank", F("priority_rank").asc(nulls_last=True), "created_at", "pk").first()
 
 
 def viewer_url(study_uid: str) -> str:
