@@ -80,6 +80,8 @@ def main(argv=None) -> None:
     p.add_argument("--det-steps", type=int, default=ft.DET_STEPS)
     p.add_argument("--seg-steps", type=int, default=ft.SEG_STEPS)
     p.add_argument("--no-train-check", action="store_true", help="skip re-scoring the review cases with the child")
+    p.add_argument("--no-parent-eval", action="store_true", help="skip the parent's held-out run (deterministic: "
+                   "same figures as an earlier run with the same --held-out)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "finetune")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -123,14 +125,16 @@ def main(argv=None) -> None:
 
     print(f"[evaluate] {args.held_out} held-out {args.preset} phantoms (seeds {ft.TEST_SEED_BASE}+), parent then child")
     t = time.monotonic()
-    held_parent = ft.phantom_benchmark(args.parent, n=args.held_out, seed=ft.TEST_SEED_BASE, preset=args.preset)
+    held_parent = {} if args.no_parent_eval else ft.phantom_benchmark(args.parent, n=args.held_out,
+                                                                      seed=ft.TEST_SEED_BASE, preset=args.preset)
     held_child = ft.phantom_benchmark(child, n=args.held_out, seed=ft.TEST_SEED_BASE, preset=args.preset)
     result["held_out_eval_s"] = round(time.monotonic() - t, 1)
     result["held_out"] = {"parent": held_parent, "child": held_child}
     if not args.no_train_check:
         result["reviews"] = {"parent": parent_on_reviews, "child": ft.evaluate_cases(child, cases)}
     print(f"{'':<22} " + " ".join(f"{k[:6]:>6}" for k in KEYS))
-    print(row("held-out parent", held_parent))
+    if held_parent:
+        print(row("held-out parent", held_parent))
     print(row("held-out child", held_child))
     if "reviews" in result:
         print(row("reviews parent (fit)", result["reviews"]["parent"]))

@@ -208,6 +208,26 @@ def test_a_tiny_finetune_starts_from_the_parent_records_it_and_repeats_for_a_see
     assert load_model_file(grandchild)["parent"]["lineage"] == ["tiny-parent", meta["version"]]
 
 
+def test_an_aborted_finetune_resumes_to_the_same_weights(tiny, tiny_parent, tmp_path):
+    ph, case = tiny
+
+    def stop_in_segmenter(info):
+        if info["stage"] == "segmenter" and info["step"] >= 1:
+            raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_parent, tmp_path, [case], 0, "r", progress=stop_in_segmenter)
+    assert not (tmp_path / "r.pt").exists()
+    state = next((tmp_path / "cache" / "finetune").iterdir())
+    assert (state / "detector.state").exists()                         # the detector's finished state was kept
+    seen = []
+    resumed = _run(tiny_parent, tmp_path, [case], 0, "r", progress=seen.append)
+    assert "detector" not in {p["stage"] for p in seen}               # nothing left to do there
+    straight = _run(tiny_parent, tmp_path / "s", [case], 0, "s")
+    wr, ws = _weights(resumed), _weights(straight)
+    assert all(torch.equal(wr[k], ws[k]) for k in wr)
+
+
 def test_finetune_refuses_no_cases_and_duplicates(tiny, tiny_parent, tmp_path):
     with pytest.raises(ValueError, match="no labelled cases"):
         _run(tiny_parent, tmp_path, [], 0, "x")
