@@ -235,8 +235,8 @@ RETRAIN_HELDOUT_SHARE = envfloat("RETRAIN_HELDOUT_SHARE", 0.2)
 if not 0.0 <= RETRAIN_HELDOUT_SHARE < 1.0:
     raise ImproperlyConfigured("RETRAIN_HELDOUT_SHARE must be in [0, 1)")
 RETRAIN_MIN_TRAIN_CASES = envint("RETRAIN_MIN_TRAIN_CASES", 1)  # signed-off training cases needed to start
-RETRAIN_DET_STEPS = envint("RETRAIN_DET_STEPS", 200)  # fine-tuning steps of the detector
-RETRAIN_SEG_STEPS = envint("RETRAIN_SEG_STEPS", 150)  # ... and of the segmenter
+RETRAIN_DET_STEPS = envint("RETRAIN_DET_STEPS", 120)  # fine-tuning steps of the detector
+RETRAIN_SEG_STEPS = envint("RETRAIN_SEG_STEPS", 90)  # ... and of the segmenter
 RETRAIN_LR = envfloat("RETRAIN_LR", 2e-4)
 RETRAIN_SEED = envint("RETRAIN_SEED", 0)
 # Phantoms mixed into every fine-tuning run so the model does not forget (small and full presets).
