@@ -53,9 +53,9 @@ from .preprocessing import preprocessing_constants
 from .training.data import TRAIN_SEED_FULL, TRAIN_SEED_SMALL, build_cache, load_cases
 from .training.losses import detection_loss, dice_bce_loss
 from .training.loop import TrainConfig, train_model
-from .training.review import (CubeSampler, LabelledCase, LabelledLesion, MixedSampler, build_case_from_labels,
+from .training.review import (LabelledCase, LabelledLesion, MixedSampler, build_case_from_labels,
                               label_fingerprint)
-from .training.samplers import DET_PATCH, P_SEG_NEGATIVE, SEG_PATCH, DetectionSampler
+from .training.samplers import DET_PATCH, P_SEG_NEGATIVE, SEG_PATCH, DetectionSampler, SegmentationSampler
 from .volumes import Volume
 
 __all__ = ["LabelledLesion", "LabelledCase", "build_case_from_labels", "finetune", "evaluate_cases",
@@ -215,8 +215,8 @@ def finetune(parent_model: Path, cases: Iterable[LabelledCase], out: Path, *,
     det_hist = train_model(detector, det_sampler.sample, detection_loss, det_cfg, name="detector", device=device,
                            checkpoint=state_dir / "detector.state", resume=resume, on_step=report.stage("detector"))
     segmenter = unpack_model(parent["models"]["segmenter"])
-    seg_review = CubeSampler(review, seg_patch, REVIEW_SEG_NEGATIVE)
-    seg_phantom = CubeSampler(phantoms, seg_patch, P_SEG_NEGATIVE)
+    seg_review = SegmentationSampler(review, seg_patch, REVIEW_SEG_NEGATIVE)
+    seg_phantom = SegmentationSampler(phantoms, seg_patch, P_SEG_NEGATIVE)
     seg_sampler = MixedSampler([(seg_review.sample if len(seg_review) else None, w_review),
                                 (seg_phantom.sample if len(seg_phantom) else None, w_phantom)])
     seg_hist = train_model(segmenter, seg_sampler.sample, lambda o, y: dice_bce_loss(o, y), seg_cfg, name="segmenter",

@@ -31,11 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..preprocessing import coarse_lung_mask, lung_box, normalise_hu
-from ..transforms import apply_array, random_transform
+from ..preprocessing import coarse_lung_mask, lung_box
 from ..volumes import Volume, resample, resample_array
 from .data import DET_SPACING_MM, N_SAMPLE_POINTS, SEG_CACHE, SEG_SPACING_MM, seg_cube
-from .samplers import SEG_PATCH, crop_pad
 
 HARD_NEGATIVE_SHARE = 0.5       # of the "vessel" patch centres, when a case has rejected findings
 MAX_SEG_NEGATIVES = 16          # segmentation cubes at rejected findings per case
@@ -250,31 +248,3 @@ class MixedSampler:
         items = [self.samplers[k](rng, 1) for k in picks]
         return tuple(np.concatenate([it[i] for it in items]) for i in range(len(items[0])))
 
-
-class CubeSampler:
-    """Segmentation batches ``(x, label)`` (B, 1, P, P, P) float32 from the cached cubes, like
-    :class:`~ml.training.samplers.SegmentationSampler` (random crop = up to +-8 mm jitter, random
-    flip / rot90) but with its own negative share ``p_negative``, and usable when a data set has
-    only negative cubes (a signed-off case with nothing in it) or only positive ones."""
-
-    def __init__(self, cases: list[dict], patch: int = SEG_PATCH, p_negative: float = 0.15):
-        self.cases, self.patch, self.p_negative = cases, patch, p_negative
-        self.pos = [(ci, k) for ci, c in enumerate(cases) for k in range(len(c["seg_hu"])) if c["seg_is_lesion"][k]]
-        self.neg = [(ci, k) for ci, c in enumerate(cases) for k in range(len(c["seg_hu"])) if not c["seg_is_lesion"][k]]
-
-    def __len__(self) -> int:
-        return len(self.pos) + len(self.neg)
-
-    def sample(self, rng: np.random.Generator, batch: int):
-        xs, ys = [], []
-        for _ in range(batch):
-            use_neg = bool(self.neg) and (not self.pos or rng.random() < self.p_negative)
-            pool = self.neg if use_neg else self.pos
-            ci, k = pool[rng.integers(len(pool))]
-            start = rng.integers(0, SEG_CACHE - self.patch + 1, 3)
-            t = random_transform(rng)
-            hu = crop_pad(self.cases[ci]["seg_hu"][k], start, self.patch, np.int16(-1024))
-            lab = crop_pad(self.cases[ci]["seg_label"][k], start, self.patch, False)
-            xs.append(normalise_hu(apply_array(hu, t)))
-            ys.append(apply_array(lab, t).astype(np.float32))
-        return np.stack(xs)[:, None], np.stack(ys)[:, None]

@@ -105,17 +105,24 @@ class DetectionSampler:
 
 
 class SegmentationSampler:
-    """Draws segmentation batches ``(x (B, 1, P, P, P), label (B, 1, P, P, P))`` float32."""
+    """Draws segmentation batches ``(x (B, 1, P, P, P), label (B, 1, P, P, P))`` float32 from the cached
+    cubes (random crop = up to +-8 mm jitter, random flip / rot90): a negative cube with probability
+    ``p_negative``; works when a data set has only negative cubes (a signed-off case with nothing in
+    it) or only positive ones."""
 
-    def __init__(self, cases: list[dict], patch: int = SEG_PATCH):
-        self.cases, self.patch = cases, patch
+    def __init__(self, cases: list[dict], patch: int = SEG_PATCH, p_negative: float = P_SEG_NEGATIVE):
+        self.cases, self.patch, self.p_negative = cases, patch, p_negative
         self.pos = [(ci, k) for ci, c in enumerate(cases) for k in range(len(c["seg_hu"])) if c["seg_is_lesion"][k]]
         self.neg = [(ci, k) for ci, c in enumerate(cases) for k in range(len(c["seg_hu"])) if not c["seg_is_lesion"][k]]
+
+    def __len__(self) -> int:
+        return len(self.pos) + len(self.neg)
 
     def sample(self, rng: np.random.Generator, batch: int):
         xs, ys = [], []
         for _ in range(batch):
-            pool = self.neg if (self.neg and rng.random() < P_SEG_NEGATIVE) else self.pos
+            use_neg = bool(self.neg) and (not self.pos or rng.random() < self.p_negative)
+            pool = self.neg if use_neg else self.pos
             ci, k = pool[rng.integers(len(pool))]
             start = rng.integers(0, SEG_CACHE - self.patch + 1, 3)
             t = random_transform(rng)
