@@ -473,7 +473,9 @@ def report(results: list[dict], args) -> dict:
               f"Dice {fmt(e['before']['dice'])} -> {fmt(e['after']['dice'])}; rule said: {e['reason']}")
     rejected_better = [e for e in runs if not e["promoted"] and e["challenger_heldout"]
                        and e["challenger_heldout"]["cpm"] > e["before"]["cpm"] + 1e-9]
-    print(f"Rejected challengers that were better on the held-out CPM: {len(rejected_better)}")
+    unscored = sum(1 for e in runs if not e["promoted"] and e["challenger_heldout"] is None)
+    print(f"Rejected challengers that were better on the held-out CPM: {len(rejected_better)}"
+          + (f" ({unscored} rejected challenger(s) not scored; --score-rejected scores them)" if unscored else ""))
     for o, sims in by_order.items():
         hard = [np.mean(s["hard_picked"][: args.k]) for s in sims if s["hard_picked"]]
         print(f"  {ORDERS[o]:<26} share of hard cases among the first K={args.k} read: "
