@@ -98,6 +98,23 @@ def test_running_again_replaces_ai_findings_and_keeps_corrected_ones(phantom_ser
     assert InferenceRun.objects.count() == 1 and InferenceRun.objects.get().attempts == 2
 
 
+def test_a_new_champion_replaces_the_old_models_untouched_proposals(phantom_series, no_broker):
+    _, series, run = phantom_series
+    services.run_inference(run.pk, load_predictor)
+    old = ModelVersion.objects.get(version=1)
+    decided = Finding.objects.filter(series=series).first()
+    decided.status = Finding.Status.REJECTED
+    decided.save()
+    new = services.register_model_file(old.path, name="challenger", parent=old)
+    services.promote(new, reason="test")
+
+    services.run_inference(services.queue_inference(series).pk, load_predictor)
+
+    proposals = Finding.objects.filter(series=series, status="proposed")
+    assert proposals.exists() and set(proposals.values_list("model_version__version", flat=True)) == {new.version}
+    assert Finding.objects.filter(pk=decided.pk, status="rejected", model_version=old).exists()
+
+
 def test_a_finished_run_is_not_run_twice(phantom_series):
     _, _, run = phantom_series
     services.run_inference(run.pk, load_predictor)

@@ -25,11 +25,14 @@ RETRAIN_CHECK_TASK = "workers.request_retraining"
 
 @transaction.atomic
 def replace_ai_findings(run, findings) -> int:
-    """Store ``findings`` (ml.inference.Finding) for ``run``; returns how many were stored."""
+    """Store ``findings`` (ml.inference.Finding) for ``run``; returns how many were stored.
+
+    The run's proposals replace every untouched AI proposal on the series, whichever model made it:
+    after a new champion re-reads a study the reader sees one model's proposals, not two overlapping
+    sets. Findings a radiologist decided on or touched (any revision) are kept."""
     series = run.series
     Finding.objects.filter(
-        series=series, source=Finding.Source.AI, model_version=run.model_version, status=Finding.Status.PROPOSED,
-        revisions__isnull=True,
+        series=series, source=Finding.Source.AI, status=Finding.Status.PROPOSED, revisions__isnull=True,
     ).delete()
     touched = Finding.objects.filter(series=series, revisions__isnull=False).values("pk")
     decided = list(Finding.objects.filter(series=series).exclude(status=Finding.Status.PROPOSED)
