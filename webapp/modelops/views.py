@@ -52,7 +52,7 @@ def rerun_study(request, study_uid: str):
 def rerun_unreviewed(request):
     count = services.rerun_unreviewed(actor=request.user)
     messages.success(request, f"{count} series of unreviewed studies queued with the current champion.")
-    return redirect("modelops:jobs")
+    return redirect(request.POST.get("next") or "modelops:jobs")
 
 
 @require_POST

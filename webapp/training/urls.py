@@ -1,5 +1,7 @@
 from django.urls import path
 
+from webapp.modelops import views as modelops_views
+
 from . import views
 
 app_name = "training"
@@ -9,6 +11,6 @@ urlpatterns = [
     path("models/runs.json", views.runs_json, name="runs_json"),
     path("models/retrain", views.retrain_now, name="retrain"),
     path("models/rollback", views.roll_back, name="rollback"),
-    path("models/rerun-unreviewed", views.rerun_unreviewed, name="rerun_unreviewed"),
+    path("models/rerun-unreviewed", modelops_views.rerun_unreviewed, name="rerun_unreviewed"),  # the AI jobs page's action
     path("models/<int:version>/promote", views.promote, name="promote"),
 ]

@@ -125,9 +125,3 @@ def roll_back(request):
     return redirect("training:registry")
 
 
-@require_POST
-@role_required(Role.ADMIN)
-def rerun_unreviewed(request):
-    count = modelops.rerun_unreviewed(actor=request.user)
-    messages.success(request, f"{count} series of unreviewed studies queued with the champion.")
-    return redirect("training:registry")
