@@ -128,3 +128,6 @@ def gunicorn_server(server_env, tmp_path):
     yield base
     proc.send_signal(signal.SIGQUIT)  # gunicorn's quick shutdown
     proc.wait(timeout=30)
+    log.close()
+    # shown by pytest under "Captured stdout teardown" when a test fails: a 500's traceback
+    print("gunicorn log:\n" + (tmp_path / "gunicorn.log").read_text(errors="replace"))
