@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ml import finetune as ft  # noqa: E402
+from ml.evaluate import TEST_SEED_BASE  # noqa: E402
 from ml.inference import Predictor  # noqa: E402
 from ml.phantom import PhantomConfig, generate_phantom  # noqa: E402
 from ml.volumes import Volume  # noqa: E402
@@ -123,11 +124,11 @@ def main(argv=None) -> None:
                           "detector_last": meta["detector"]["history"][-1:], "segmenter_last": meta["segmenter"]["history"][-1:]}
     print(f"[finetune] wall {wall:.0f} s ({wall / 60:.1f} min), data {meta['data_time_s']} s; load {load()}")
 
-    print(f"[evaluate] {args.held_out} held-out {args.preset} phantoms (seeds {ft.TEST_SEED_BASE}+), parent then child")
+    print(f"[evaluate] {args.held_out} held-out {args.preset} phantoms (seeds {TEST_SEED_BASE}+), parent then child")
     t = time.monotonic()
     held_parent = {} if args.no_parent_eval else ft.phantom_benchmark(args.parent, n=args.held_out,
-                                                                      seed=ft.TEST_SEED_BASE, preset=args.preset)
-    held_child = ft.phantom_benchmark(child, n=args.held_out, seed=ft.TEST_SEED_BASE, preset=args.preset)
+                                                                      seed=TEST_SEED_BASE, preset=args.preset)
+    held_child = ft.phantom_benchmark(child, n=args.held_out, seed=TEST_SEED_BASE, preset=args.preset)
     result["held_out_eval_s"] = round(time.monotonic() - t, 1)
     result["held_out"] = {"parent": held_parent, "child": held_child}
     if not args.no_train_check:
