@@ -22,6 +22,7 @@ from ..transforms import apply_array, invert_array, tta_transforms
 from ..volumes import Volume, resample
 from .detection import decode, nms_by_distance
 from .measure import measure, sphere_mask
+from .rescoring import Rescorer, features
 from .segmentation import component_at, cube_probabilities, dice, to_original_grid
 from .sliding import sliding_window
 
@@ -52,6 +53,7 @@ class Finding:
     segmented: bool = True
     detector_score: float = 0.0
     segmentation_confidence: float = 0.0
+    features: np.ndarray | None = None
 
 
 @dataclass
@@ -72,6 +74,8 @@ class Predictor:
         self.detector = unpack_model(payload["models"]["detector"]).to(self.device)
         self.segmenter = unpack_model(payload["models"]["segmenter"]).to(self.device)
         self.settings = dict(payload["inference"])
+        rescoring = self.settings.get("rescoring")
+        self.rescorer = Rescorer.from_dict(rescoring) if rescoring else None
         self.version = str(payload["version"])
         self.metadata = {k: v for k, v in payload.items() if k != "models"}
         self.metadata["networks"] = {k: {"class": v["class"], "config": v["config"]}
@@ -140,13 +144,13 @@ class Predictor:
 
     def _candidates(self, det_volume: Volume, heats: np.ndarray, reg: np.ndarray):
         heat = heats.mean(0)
-        cands = decode(heat, reg, threshold=self.settings["score_threshold"],
-                       max_candidates=3 * self.settings["max_findings"])
+        limit = self.settings.get("max_candidates", self.settings["max_findings"])
+        cands = decode(heat, reg, threshold=self.settings["score_threshold"], max_candidates=3 * limit)
         if not cands:
             return [], []
         centres = det_volume.voxel_to_patient(np.array([c.centre_zyx for c in cands]))
         keep = nms_by_distance(centres, np.array([c.diameter_mm for c in cands]), np.array([c.score for c in cands]),
-                               self.settings["nms_distance_factor"])[:self.settings["max_findings"]]
+                               self.settings["nms_distance_factor"])[:limit]
         spread = [float(heats[:, c.peak_zyx[0], c.peak_zyx[1], c.peak_zyx[2]].std()) for c in cands]
         return [cands[k] for k in keep], [(centres[k], spread[k]) for k in keep]
 
@@ -164,7 +168,7 @@ class Predictor:
         tta = len(transforms) > 1
         findings = [self._finding(volume, cand, place, probs[i], offsets[i], tta) for i, (cand, place) in
                     enumerate(zip(cands, places))]
-        return _drop_duplicates(findings, volume)
+        return _drop_duplicates(findings, volume)[:self.settings["max_findings"]]
 
     def _finding(self, volume: Volume, cand, place, probs: np.ndarray, offset, tta: bool) -> Finding:
         centre_mm, spread = place
@@ -180,6 +184,14 @@ class Predictor:
         mask, origin = _tight(mask, origin)
         seg_conf = float(_mean_prob(sub, origin - np.asarray(sub_origin), mask)) if segmented else 0.0
         m = measure(mask, origin, volume)
+        x = features(detector_score=cand.score, segmentation_confidence=seg_conf, segmented=segmented,
+                     diameter_mm=m["diameter_mm"], detector_diameter_mm=cand.diameter_mm,
+                     long_axis_mm=m["long_axis_mm"], short_axis_mm=m["short_axis_mm"], volume_ml=m["volume_ml"],
+                     mean_hu=m["mean_hu"], centre_xyz_mm=m["centre_xyz_mm"], volume=volume)
+        if self.rescorer is not None:
+            score = float(self.rescorer(x)[0])
+        else:
+            score = combined_score(cand.score, seg_conf, self.settings.get("score_mode", "detector_x_segmenter"))
         uncertainty = None
         if tta:
             masks = [to_original_grid(p, offset, volume, self.settings["seg_spacing_mm"])[0] >= thr for p in probs]
@@ -188,10 +200,9 @@ class Predictor:
         return Finding(
             centre_xyz_mm=m["centre_xyz_mm"], bbox_min_xyz_mm=m["bbox_min_xyz_mm"], bbox_max_xyz_mm=m["bbox_max_xyz_mm"],
             diameter_mm=m["diameter_mm"], long_axis_mm=m["long_axis_mm"], short_axis_mm=m["short_axis_mm"],
-            volume_ml=m["volume_ml"], mean_hu=m["mean_hu"], score=combined_score(cand.score, seg_conf, self.settings.get("score_mode", "detector_x_segmenter")),
-            uncertainty=uncertainty,
+            volume_ml=m["volume_ml"], mean_hu=m["mean_hu"], score=score, uncertainty=uncertainty,
             mask=mask, mask_origin_zyx=tuple(int(v) for v in origin), detector_diameter_mm=cand.diameter_mm,
-            segmented=segmented, detector_score=float(cand.score), segmentation_confidence=seg_conf)
+            segmented=segmented, detector_score=float(cand.score), segmentation_confidence=seg_conf, features=x)
 
 
 def combined_score(detector_score: float, segmentation_confidence: float, mode: str) -> float:
