@@ -87,8 +87,17 @@ def run(model: Path, n: int, seed: int, preset: str, tta: bool) -> dict:
         log.info("case %d/%d seed %d: %d lesions, %d findings, %.1f s", i + 1, n, seed + i, len(ph.lesions),
                  len(pred.findings), times[-1])
     summary = summarise(cases, baseline, rows, times, seed, n, preset)
+    point = predictor.settings.get("operating_point")
+    if point:
+        summary["operating_point"] = {**point, **at_threshold(summary["_frocs"]["network"], point["score"])}
     summary["cpm_4_30mm_detector_score_only"] = froc(det_only, lambda d: TARGET_RANGE_MM[0] <= d <= TARGET_RANGE_MM[1]).cpm()
     return summary
+
+
+def at_threshold(curve, score: float) -> dict:
+    """False positives per scan and sensitivity of findings scored ``score`` or more."""
+    i = int(np.flatnonzero(curve.thresholds >= score).max())
+    return {"test_fp_per_scan": float(curve.fp_per_scan[i]), "test_sensitivity_4_30mm": float(curve.sensitivity[i])}
 
 
 def _seg_summary(rows: list[dict]) -> dict:
@@ -129,6 +138,10 @@ def print_table(m: dict) -> None:
           f"(detector score alone: {m['cpm_4_30mm_detector_score_only']:.3f})")
     print("FP/scan    " + " ".join(f"{float(k):>6g}" for k in m["sensitivity_4_30mm"]))
     print("sens 4-30  " + " ".join(f"{v:6.3f}" for v in m["sensitivity_4_30mm"].values()))
+    if "operating_point" in m:
+        op = m["operating_point"]
+        print(f"operating point (score >= {op['score']:.3f}, set for {op['fp_per_scan']:g} FP/scan on calibration): "
+              f"{op['test_fp_per_scan']:.2f} FP/scan, sensitivity 4-30 mm {op['test_sensitivity_4_30mm']:.3f}")
     print(f"{'bucket mm':<10} {'lesions':>7} {'CPM':>6} {'s@1FP':>6} {'s@8FP':>6}")
     for name, b in m["buckets"].items():
         print(f"{name:<10} {b['lesions']:>7} {b['cpm']:6.3f} {b['sens_at_1fp']:6.3f} {b['sens_at_8fp']:6.3f}")

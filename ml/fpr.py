@@ -6,8 +6,10 @@ Runs the model on full-preset phantoms ``seed .. seed + N - 1`` (calibration ran
 never trained on, never used for evaluation), records every candidate's features
 (:mod:`ml.inference.rescoring`) and whether it hits a nodule (LUNA16 rule), chooses the L2 strength
 by phantom-grouped cross-validation on the CPM (4-30 mm), fits the logistic rescorer on all of them
-and, with ``--write``, stores it in the model file's inference settings (the test seeds of
-``ml.evaluate`` are never looked at). Candidates are cached per phantom in ``--cache``.
+and, with ``--write``, stores it in the model file's inference settings together with the operating
+point: the score at which the out-of-fold candidates make ``--operating-fp`` false positives per scan
+(findings below it are flagged as candidates; the app shows them on request). The test seeds of
+``ml.evaluate`` are never looked at. Candidates are cached per phantom in ``--cache``.
 """
 from __future__ import annotations
 
@@ -81,6 +83,11 @@ def cpm(cases: list[dict], scores: list[np.ndarray]) -> float:
 
 def cross_validate(cases: list[dict], l2: float, folds: int = 4) -> float:
     """CPM of out-of-fold rescored candidates (folds by phantom)."""
+    return cpm(cases, out_of_fold(cases, l2, folds))
+
+
+def out_of_fold(cases: list[dict], l2: float, folds: int = 4) -> list[np.ndarray]:
+    """Each phantom's candidates scored by a rescorer fitted without it (folds by phantom)."""
     scores: list[np.ndarray] = [np.zeros(0)] * len(cases)
     for k in range(folds):
         train = [c for i, c in enumerate(cases) if i % folds != k]
@@ -88,7 +95,20 @@ def cross_validate(cases: list[dict], l2: float, folds: int = 4) -> float:
         for i, c in enumerate(cases):
             if i % folds == k:
                 scores[i] = model(c["features"]) if len(c["features"]) else np.zeros(0)
-    return cpm(cases, scores)
+    return scores
+
+
+def operating_point(cases: list[dict], scores: list[np.ndarray], fp_per_scan: float) -> dict:
+    """The lowest score threshold whose false positives per scan stay within ``fp_per_scan`` (with
+    the sensitivity for 4-30 mm nodules it reaches there)."""
+    lo, hi = TARGET_RANGE_MM
+    det = [DetectionCase(c["centres"], s, c["lesion_centres"], c["lesion_diameters"]) for c, s in zip(cases, scores)]
+    curve = froc(det, lambda d: lo <= d <= hi)
+    ok = np.flatnonzero(curve.fp_per_scan <= fp_per_scan + 1e-12)
+    best = ok[-1] if len(ok) else 0      # thresholds descend: the last one within the budget is the lowest
+    return {"fp_per_scan": fp_per_scan, "score": float(curve.thresholds[best]),
+            "calibration_fp_per_scan": float(curve.fp_per_scan[best]),
+            "calibration_sensitivity_4_30mm": float(curve.sensitivity[best])}
 
 
 def _fit(cases: list[dict], l2: float) -> Rescorer:
@@ -97,7 +117,8 @@ def _fit(cases: list[dict], l2: float) -> Rescorer:
     return fit(x, y, l2=l2)
 
 
-def calibrate(model: Path, n: int, seed: int, cache: Path | None, candidates: dict) -> tuple[Rescorer, dict]:
+def calibrate(model: Path, n: int, seed: int, cache: Path | None, candidates: dict,
+              operating_fp: float = 1.0) -> tuple[Rescorer, dict]:
     """Fit a rescorer for ``model`` with the candidate settings ``candidates`` (``max_candidates``,
     ``score_threshold``); returns it with a report."""
     payload = load_model_file(model)
@@ -110,10 +131,11 @@ def calibrate(model: Path, n: int, seed: int, cache: Path | None, candidates: di
     cv = {l2: cross_validate(cases, l2) for l2 in L2_GRID}
     best = max(cv, key=lambda l2: (cv[l2], l2))
     rescorer = _fit(cases, best)
+    point = operating_point(cases, out_of_fold(cases, best), operating_fp)
     y = np.concatenate([labels(c) for c in cases])
     report = {"calibration_seeds": [seed, seed + n - 1], "phantoms": n, **candidates, "candidates": int(len(y)),
               "positives": int(y.sum()), "l2": best, "cv_cpm_4_30mm_by_l2": {str(k): v for k, v in cv.items()},
-              "cpm_4_30mm_stage1": before, "cpm_4_30mm_rescored_cv": cv[best],
+              "cpm_4_30mm_stage1": before, "cpm_4_30mm_rescored_cv": cv[best], "operating_point": point,
               "weights": dict(zip(FEATURES, rescorer.weights))}
     return rescorer, report
 
@@ -126,17 +148,21 @@ def main(argv=None) -> None:
     p.add_argument("--cache", type=Path, default=Path("var/fpr"))
     p.add_argument("--max-candidates", type=int, default=60, help="candidates segmented and rescored per scan")
     p.add_argument("--score-threshold", type=float, default=0.03, help="lowest detector heat-map peak kept")
+    p.add_argument("--operating-fp", type=float, default=1.0,
+                   help="false positives per scan at the operating point: findings scored below it are "
+                        "candidates, shown on request (default 1)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="store the rescorer in the model file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     candidates = {"max_candidates": args.max_candidates, "score_threshold": args.score_threshold}
-    rescorer, report = calibrate(args.model, args.phantoms, args.seed, args.cache, candidates)
+    rescorer, report = calibrate(args.model, args.phantoms, args.seed, args.cache, candidates, args.operating_fp)
     print(json.dumps(report, indent=2))
     if args.write:
         payload = load_model_file(args.model)
-        payload["inference"] = {**payload["inference"], **candidates, "rescoring": rescorer.to_dict()}
+        payload["inference"] = {**payload["inference"], **candidates, "rescoring": rescorer.to_dict(),
+                                "operating_point": report["operating_point"]}
         payload.setdefault("training", {})["rescoring"] = report
         save_model_file(args.model, payload)
         print(f"rescorer written to {args.model}")

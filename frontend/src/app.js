@@ -39,7 +39,7 @@ export const SHORTCUTS = [
 const state = {
   ready: false, loaded: false, error: null,
   seriesList: [], series: null, caseInfo: null, apiError: null,
-  findings: [], selected: null, nextLocal: 1,
+  findings: [], selected: null, nextLocal: 1, showCandidates: false,
   // Undo history. An entry's before/after are the server's own finding states around that action
   // (the API restores only states it has stored), filled in when the server answers.
   undo: [], redo: [], entries: new Map(), // client_ref -> undo entry
@@ -123,13 +123,24 @@ function takeCase(review) {
   state.findings = review.findings
     .filter((f) => f.series_uid === state.series.seriesUid)
     .map((f) => ({ ...f, server: JSON.parse(JSON.stringify(f)) }));
+  $('#findings-note').textContent = state.findings.length ? '' : 'No findings for this series yet.';
   queue = new SaveQueue({
     url: `${config.reviewApi}actions/`,
     storageKey: `radloop.queue.${config.studyUid}.${config.user}`,
     onSaved, onStatus: setSaveStatus, onConflict: showConflict, onRejected, prepare: prepareRestore,
   });
   queue.start(review.case.revision);
-  $('#findings-note').textContent = state.findings.length ? '' : 'No findings for this series yet.';
+}
+
+// AI findings scored below the model's operating point are candidates: listed and drawn only on request
+// (or once a reader has decided on one, or while it is selected).
+function isShown(f) {
+  return state.showCandidates || f.flagged !== false || f.status !== 'proposed' || f.source === 'radiologist'
+    || f === state.selected;
+}
+
+function shownFindings() {
+  return state.findings.filter(isShown);
 }
 
 function setupFindings() {
@@ -160,7 +171,7 @@ function colourSegments() {
   if (!labelmap) return;
   for (const [f, idx] of state.segIndex) {
     const [r, g, b] = STATUS_COLOURS[f.status] || [255, 255, 255];
-    labelmap.setColor(idx, [r, g, b, f.status === 'rejected' ? 90 : 255]);
+    labelmap.setColor(idx, [r, g, b, !isShown(f) ? 0 : f.status === 'rejected' ? 90 : 255]);
   }
   labelmap.modified();
 }
@@ -177,6 +188,11 @@ function buildChrome() {
   $('#reset-button').addEventListener('click', () => viewer.reset());
   $('#brush-size').addEventListener('input', updateBrushLabel);
   $('#mask-opacity').addEventListener('input', (e) => labelmap?.setOpacity(Number(e.target.value)));
+  $('#show-candidates').addEventListener('change', (e) => {
+    state.showCandidates = e.target.checked;
+    colourSegments();
+    renderFindings();
+  });
   $('#case-comment-save').addEventListener('click', () => act({ action: 'comment', text: $('#case-comment').value }));
   $('#signoff').addEventListener('click', () => act({ action: 'signoff' }));
   $('#findings-list').addEventListener('click', (e) => {
@@ -277,7 +293,8 @@ function scheduleDraw() {
   requestAnimationFrame(() => {
     drawPending = false;
     if (!viewer?.series) return;
-    for (const name of viewer.names) drawOverlay($(`#vp-${name} .vp-overlay`), viewer, name, state.findings, state.selected);
+    const shown = shownFindings();
+    for (const name of viewer.names) drawOverlay($(`#vp-${name} .vp-overlay`), viewer, name, shown, state.selected);
   });
 }
 
@@ -341,7 +358,7 @@ function onPointerUp(e) {
   clickStart = null;
   if (!start || e.button !== 0 || Math.hypot(e.clientX - start.x, e.clientY - start.y) > 4) return;
   const rect = viewer.elements[start.name].getBoundingClientRect();
-  const f = findingAt(viewer, start.name, state.findings, start.x - rect.left, start.y - rect.top);
+  const f = findingAt(viewer, start.name, shownFindings(), start.x - rect.left, start.y - rect.top);
   if (f && f !== state.selected) select(f);
 }
 
@@ -597,7 +614,13 @@ function select(f, { jump = false } = {}) {
 }
 
 function renderFindings() {
-  renderList($('#findings-list'), state.findings, state.selected);
+  const shown = shownFindings();
+  const candidates = state.findings.filter((f) => f.flagged === false && f.status === 'proposed').length;
+  $('#candidates-toggle').hidden = candidates === 0;
+  $('#candidates-count').textContent = String(candidates);
+  renderList($('#findings-list'), shown, state.selected,
+    candidates ? "No findings above the AI's operating point." : 'No findings for this series.');
+  colourSegments();
   renderDetail($('#finding-detail'), state.selected, { editable: !!queue });
   wireDetail();
   scheduleDraw();
@@ -664,9 +687,10 @@ function onKey(e) {
 }
 
 function stepFinding(d) {
-  if (!state.findings.length) return;
-  const i = state.findings.indexOf(state.selected);
-  const next = state.findings[(i + d + state.findings.length) % state.findings.length];
+  const shown = shownFindings();
+  if (!shown.length) return;
+  const i = shown.indexOf(state.selected);
+  const next = shown[(i + d + shown.length) % shown.length];
   select(next, { jump: true });
 }
 

@@ -13,12 +13,13 @@ export function findingKey(f) {
   return f.serverId ?? f.id;
 }
 
-export function renderList(listEl, findings, selected) {
+export function renderList(listEl, findings, selected, emptyText = 'No findings for this series.') {
   listEl.innerHTML = findings.map((f, n) => {
     const key = findingKey(f);
     return `<li class="finding status-${f.status}${f === selected ? ' selected' : ''}" data-finding-id="${esc(key)}" data-status="${f.status}" tabindex="0">
       <div class="finding-head"><span class="swatch"></span><b>#${n + 1}</b> ${esc(f.label)} <span class="status">${esc(f.status)}</span>
-      ${f.source === 'radiologist' ? '<span class="muted">added</span>' : ''}</div>
+      ${f.source === 'radiologist' ? '<span class="muted">added</span>' : ''}
+      ${f.flagged === false ? '<span class="muted" title="Scored below the AI\'s operating point">candidate</span>' : ''}</div>
       <div class="finding-facts">
         <span title="AI score">score ${fmt(f.score, 2)}</span>
         <span title="Diameter">⌀ ${fmt(f.diameter_mm, 1, ' mm')}</span>
@@ -26,7 +27,7 @@ export function renderList(listEl, findings, selected) {
         <span title="Mean density">${fmt(f.mean_hu, 0, ' HU')}</span>
         <span title="Model uncertainty">unc. ${fmt(f.uncertainty, 2)}</span>
       </div></li>`;
-  }).join('') || '<li class="muted">No findings for this series.</li>';
+  }).join('') || `<li class="muted">${esc(emptyText)}</li>`;
 }
 
 export function renderDetail(el, f, { editable }) {

@@ -33,9 +33,10 @@ TTA_COUNT = 4
 class Finding:
     """One nodule. Coordinates in patient LPS mm; ``mask`` bool (z, y, x) sub-box of the ORIGINAL
     volume grid starting at voxel ``mask_origin_zyx``. ``segmented`` is False when the segmenter
-    found nothing and the mask is a ball of the detector's diameter. ``score`` combines the
-    detector's heat-map peak and the segmenter's mean probability over the mask (see
-    :func:`combined_score`); both parts are kept."""
+    found nothing and the mask is a ball of the detector's diameter. ``score``: the model file's
+    rescorer (:mod:`.rescoring`) over ``features`` when it has one, else the detector's heat-map peak
+    combined with the segmenter's mean probability over the mask (:func:`combined_score`); both parts
+    are kept. ``flagged``: the score reaches the model's operating point (all findings when it has none)."""
 
     centre_xyz_mm: tuple[float, float, float]
     bbox_min_xyz_mm: tuple[float, float, float]
@@ -54,6 +55,7 @@ class Finding:
     detector_score: float = 0.0
     segmentation_confidence: float = 0.0
     features: np.ndarray | None = None
+    flagged: bool = True          # at or above the model's operating point (see ml.fpr); else a candidate
 
 
 @dataclass
@@ -202,7 +204,8 @@ class Predictor:
             diameter_mm=m["diameter_mm"], long_axis_mm=m["long_axis_mm"], short_axis_mm=m["short_axis_mm"],
             volume_ml=m["volume_ml"], mean_hu=m["mean_hu"], score=score, uncertainty=uncertainty,
             mask=mask, mask_origin_zyx=tuple(int(v) for v in origin), detector_diameter_mm=cand.diameter_mm,
-            segmented=segmented, detector_score=float(cand.score), segmentation_confidence=seg_conf, features=x)
+            segmented=segmented, detector_score=float(cand.score), segmentation_confidence=seg_conf, features=x,
+            flagged=score >= self.settings.get("operating_point", {}).get("score", 0.0))
 
 
 def combined_score(detector_score: float, segmentation_confidence: float, mode: str) -> float:

@@ -156,6 +156,46 @@ def test_clicking_inside_a_finding_circle_selects_it(page, cast, phantom_case):
     assert page.js_errors == []
 
 
+def test_candidates_below_the_operating_point_show_only_on_request(page, cast, phantom_case):
+    study, false = phantom_case["study"], phantom_case["false"]
+    c = false.centre_xyz_mm
+    centre = (c[0], c[1] - 25.0, c[2])
+    candidate = Finding.objects.create(
+        study=study, series=phantom_case["series"], centre_x_mm=centre[0], centre_y_mm=centre[1], centre_z_mm=centre[2],
+        diameter_mm=6.0, bbox_min_xyz_mm=[v - 3 for v in centre], bbox_max_xyz_mm=[v + 3 for v in centre],
+        volume_ml=0.1, mean_hu=-20.0, score=0.03, uncertainty=0.5, flagged=False,
+    )
+    log_in(page, cast.radiologist.username, PASSWORD)
+    open_viewer(page, study)
+    items = page.locator("#findings-list li.finding")
+    item = page.locator(f"#findings-list li[data-finding-id='{candidate.pk}']")
+
+    # Hidden by default: not listed, not drawn (a click on it selects nothing), but announced.
+    assert items.count() == 2 and item.count() == 0
+    assert "Show 1 candidates below the AI's operating point" in page.inner_text("#candidates-toggle")
+    page.evaluate(f"window.radloopViewer.goTo({list(centre)})")
+    page.wait_for_timeout(200)
+    x, y = rv(page, f"pagePoint('axial', {list(centre)})")
+    page.mouse.click(x, y)
+    page.wait_for_timeout(200)
+    assert rv(page, "selectedFinding()") is None
+
+    # On request: listed and drawn; a click on its circle selects it; accepted, it stays listed.
+    page.check("#show-candidates")
+    assert items.count() == 3 and item.count() == 1
+    page.mouse.click(x, y)
+    page.wait_for_function(f"window.radloopViewer.selectedFinding()?.id === {candidate.pk}")
+    screenshot(page, "viewer-candidates-shown")
+    page.keyboard.press("a")
+    wait_saved(page)
+    assert Finding.objects.get(pk=candidate.pk).status == "accepted"
+    page.reload()
+    page.wait_for_function(LOADED)
+    assert items.count() == 3 and "accepted" in item.get_attribute("class")
+    assert page.locator("#candidates-toggle").is_hidden()          # no candidate left to show
+    assert page.js_errors == []
+
+
 @pytest.mark.parametrize("size", [(1400, 900), (1920, 1080)])
 def test_the_three_mpr_views_fit_their_cells_without_overlapping(browser, live_server, cast, phantom_case, size):
     width, height = size

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ml.checkpoint import load_model_file
-from ml.fpr import cpm, labels
+from ml.fpr import cpm, labels, operating_point
 from ml.inference import Predictor
 from ml.inference.rescoring import FEATURES, Rescorer, features, fit, shell_stats
 from ml.volumes import Volume
@@ -84,6 +84,22 @@ def test_labels_and_cpm_follow_the_luna_rule():
     assert cpm([case], [np.array([0.1, 0.5, 0.9])]) < 1.0
 
 
+def test_the_operating_point_is_the_lowest_score_within_the_false_positive_budget():
+    # two scans; nodules (6 mm) scored 0.9 and 0.4; false positives 0.8, 0.5, 0.3, 0.2
+    far = [[100.0, 0, 0], [200.0, 0, 0], [300.0, 0, 0]]
+    cases = [{"centres": np.array([[0.0, 0, 0], *far[:2]]), "lesion_centres": np.array([[0.0, 0, 0]]),
+              "lesion_diameters": np.array([6.0])},
+             {"centres": np.array([[0.0, 0, 0], *far[:2]]), "lesion_centres": np.array([[0.0, 0, 0]]),
+              "lesion_diameters": np.array([6.0])}]
+    scores = [np.array([0.9, 0.8, 0.3]), np.array([0.4, 0.5, 0.2])]
+
+    one = operating_point(cases, scores, fp_per_scan=1.0)      # 2 FPs allowed over 2 scans
+    half = operating_point(cases, scores, fp_per_scan=0.5)     # 1 FP allowed
+
+    assert one["score"] == 0.4 and one["calibration_fp_per_scan"] == 1.0 and one["calibration_sensitivity_4_30mm"] == 1.0
+    assert half["score"] == 0.8 and half["calibration_sensitivity_4_30mm"] == 0.5
+
+
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
 def test_the_model_files_rescorer_sets_the_score_of_each_finding():
     volume, centre = plant_nodule()
@@ -97,6 +113,8 @@ def test_the_model_files_rescorer_sets_the_score_of_each_finding():
     nodule = min(findings, key=lambda f: np.linalg.norm(np.asarray(f.centre_xyz_mm) - centre))
 
     assert all(f.features is not None and len(f.features) == len(FEATURES) for f in findings)
+    point = payload["inference"]["operating_point"]["score"]
+    assert all(f.flagged == (f.score >= point) for f in findings)
     for f in findings:   # score = sigmoid(-4 * shell_dense): the rescorer, not the detector, decides
         assert f.score == pytest.approx(1 / (1 + np.exp(4.0 * f.features[FEATURES.index("shell_dense")])))
     assert nodule.score == pytest.approx(0.5, abs=0.05)      # the planted ball sits alone in lung

@@ -79,6 +79,10 @@ def test_inference_finds_the_phantom_nodule_where_it_is(phantom_series):
     # TTA is on by default: every finding and the run carry an uncertainty in [0, 1]
     assert all(f.uncertainty is not None and 0.0 <= f.uncertainty <= 1.0 for f in findings)
     assert run.case_uncertainty == pytest.approx(max(f.uncertainty for f in findings))
+    # findings below the model's operating point are stored as candidates; the phantom's nodule is not one
+    point = run.model_version.metadata["inference"]["operating_point"]["score"]
+    assert all(f.flagged == (f.score >= point) for f in findings)
+    assert nearest.flagged and not all(f.flagged for f in findings)
 
 
 def test_running_again_replaces_ai_findings_and_keeps_corrected_ones(phantom_series, no_broker):

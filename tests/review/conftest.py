@@ -34,13 +34,14 @@ def model(db) -> ModelVersion:
                                        status=ModelVersion.Status.CHAMPION)
 
 
-def ai_finding(study: Study, model: ModelVersion, *, diameter_mm=6.0, uncertainty=0.2, centre=(-96.5, -96.5, -45.0)) -> Finding:
+def ai_finding(study: Study, model: ModelVersion, *, diameter_mm=6.0, uncertainty=0.2, centre=(-96.5, -96.5, -45.0),
+               score=0.9, flagged=True) -> Finding:
     series = study.series.get()
     f = Finding(study=study, series=series, source=Finding.Source.AI, model_version=model,
                 centre_x_mm=centre[0], centre_y_mm=centre[1], centre_z_mm=centre[2],
                 bbox_min_xyz_mm=[c - diameter_mm / 2 for c in centre], bbox_max_xyz_mm=[c + diameter_mm / 2 for c in centre],
                 diameter_mm=diameter_mm, long_axis_mm=diameter_mm, short_axis_mm=diameter_mm * 0.8, volume_ml=0.05,
-                mean_hu=41.0, score=0.9, uncertainty=uncertainty)
+                mean_hu=41.0, score=score, flagged=flagged, uncertainty=uncertainty)
     f.set_mask(np.ones((2, 2, 2), bool), (1, 5, 5))
     f.save()
     return f

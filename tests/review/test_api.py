@@ -34,6 +34,7 @@ def test_a_radiologist_reads_the_case_with_geometry_findings_and_an_audit_entry(
     big = data["findings"][0]
     assert big["id"] == findings[0].pk and big["source"] == "ai" and big["status"] == "proposed"
     assert big["diameter_mm"] == 6.0 and big["model_version"] == "baseline-v3" and big["uncertainty"] == 0.2
+    assert big["flagged"] is True and big["score"] == 0.9
     assert big["mask"]["origin_zyx"] == [1, 5, 5] and big["mask"]["shape_zyx"] == [2, 2, 2]
     assert base64.b64decode(big["mask"]["bits_b64"]) == np.packbits(np.ones(8, bool)).tobytes()
     assert data["revisions"] == []
@@ -287,6 +288,24 @@ def test_sign_off_is_refused_while_a_finding_is_proposed(radiologist_client, stu
     assert response.status_code == 400 and response.json()["proposed"] == 1
     assert "1 finding(s) are still proposed" in response.json()["error"]
     assert Study.objects.get().review_status == "in_review" and ReviewRevision.objects.count() == 1
+
+
+def test_candidates_below_the_operating_point_need_no_decision_and_teach_nothing(radiologist_client, study, findings, model):
+    from webapp.training.dataset import read_labels
+
+    candidate = ai_finding(study, model, diameter_mm=8.0, score=0.02, flagged=False, centre=(-90.0, -90.0, -40.0))
+    act(radiologist_client, study, base_revision=0, action="accept", finding_id=findings[0].pk)
+    act(radiologist_client, study, base_revision=1, action="reject", finding_id=findings[1].pk)
+
+    response = act(radiologist_client, study, base_revision=2, action="signoff")
+
+    assert response.status_code == 200, response.content
+    assert Study.objects.get().review_status == "signed_off"
+    candidate.refresh_from_db()
+    assert candidate.status == "proposed"             # left as it was: neither a nodule nor a hard negative
+    (labels,) = read_labels(study).series
+    assert [les.diameter_mm for les in labels.lesions] == [6.0]
+    assert labels.hard_negatives_xyz_mm == [findings[1].centre_xyz_mm]
 
 
 def test_sign_off_then_changes_are_409_until_the_signer_reopens(client, cast, study, findings):

@@ -102,6 +102,19 @@ def test_filters_and_sorts(radiologist_client, cast, worklist, query, expected):
     assert response.status_code == 200 and listed(response) == expected
 
 
+def test_candidates_below_the_operating_point_are_not_counted_as_findings(radiologist_client, worklist, model):
+    ai_finding(worklist["cid"], model, diameter_mm=20.0, score=0.02, flagged=False)      # a vessel, say
+    ai_finding(worklist["ann"], model, diameter_mm=25.0, score=0.03, flagged=False)
+
+    response = radiologist_client.get(reverse("archive:study_list"))
+    negative = radiologist_client.get(reverse("archive:study_list"), {"ai_result": "negative"})
+
+    html = response.content.decode()
+    assert '<td class="num ai-findings">2</td>' in row_html(html, "P-ANN") and "9.0 mm" in row_html(html, "P-ANN")
+    assert '<td class="num ai-findings">0</td>' in row_html(html, "P-CID") and "20.0 mm" not in html
+    assert listed(negative) == ["P-CID"]
+
+
 def test_sorting_by_anything_else_is_refused_politely(radiologist_client, worklist):
     response = radiologist_client.get(reverse("archive:study_list"), {"sort": "patient_birth_date"})
 

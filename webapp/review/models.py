@@ -44,6 +44,9 @@ class Finding(models.Model):
     mean_hu = models.FloatField(null=True, blank=True)
     score = models.FloatField(null=True, blank=True)
     uncertainty = models.FloatField(null=True, blank=True)
+    # False for an AI finding scored below its model's operating point (a candidate: listed on request,
+    # not counted as a positive finding); True for every other finding.
+    flagged = models.BooleanField(default=True)
     # The mask: a bool (z, y, x) box of the series' voxel grid starting at mask_origin_zyx, bit-packed.
     mask_bits = models.BinaryField(null=True, blank=True)
     mask_shape_zyx = models.JSONField(null=True, blank=True)

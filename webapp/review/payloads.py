@@ -78,6 +78,7 @@ def finding_json(f: Finding) -> dict:
         "volume_ml": f.volume_ml,
         "mean_hu": f.mean_hu,
         "score": f.score,
+        "flagged": f.flagged,
         "uncertainty": f.uncertainty,
         "model_version": model_version_name(f.model_version),
         "reject_reason": f.reject_reason,

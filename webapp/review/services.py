@@ -58,6 +58,7 @@ def replace_ai_findings(run, findings) -> int:
             volume_ml=float(f.volume_ml),
             mean_hu=float(f.mean_hu),
             score=float(f.score),
+            flagged=bool(getattr(f, "flagged", True)),
             uncertainty=None if f.uncertainty is None else float(f.uncertainty),
         )
         row.set_mask(f.mask, f.mask_origin_zyx)
@@ -320,7 +321,8 @@ def assign_case(study, user, *, base_revision, username, request=None) -> Action
 def sign_off_case(study, user, *, base_revision, request=None) -> ActionResult:
     with transaction.atomic():
         case = _open_case(study, base_revision)
-        proposed = Finding.objects.filter(study=study, status=Finding.Status.PROPOSED).count()
+        # AI candidates below the operating point need no decision: left alone they are background
+        proposed = Finding.objects.filter(study=study, status=Finding.Status.PROPOSED, flagged=True).count()
         if proposed:
             raise BadInput(f"{proposed} finding(s) are still proposed; accept or reject each one before signing off.",
                            proposed=proposed)

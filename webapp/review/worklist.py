@@ -16,7 +16,8 @@ from .ranking import CasePriority, current_ranking
 
 
 def _ai_findings(study_ref=OuterRef("pk")):
-    return Finding.objects.filter(study=study_ref, source=Finding.Source.AI).order_by().values("study")
+    """The AI's positive findings: at or above its model's operating point (candidates below it are not counted)."""
+    return Finding.objects.filter(study=study_ref, source=Finding.Source.AI, flagged=True).order_by().values("study")
 
 
 def with_review_columns(studies: QuerySet[Study]) -> QuerySet[Study]:
