@@ -259,6 +259,7 @@ TRAINING_STALE_SECONDS = envint("TRAINING_STALE_SECONDS", 300)
 # require_dice_not_worse: segmentation Dice (lesions >= 6 mm) must not fall.
 PROMOTION_RULE = envjson("PROMOTION_RULE", {
     "primary": "cpm", "min_gain": 0.0, "max_cpm_drop": 0.01, "require_dice_not_worse": True,
+    "min_heldout_lesions": 10,
 })
 
 # --- Celery ---------------------------------------------------------------------------------

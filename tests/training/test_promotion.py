@@ -41,6 +41,22 @@ def test_without_held_out_lesions_the_phantom_benchmark_decides():
     assert not ok
 
 
+def test_too_few_held_out_lesions_leave_the_decision_to_the_phantom_benchmark():
+    rule = {**RULE, "min_heldout_lesions": 10}
+    # what the active-learning benchmark saw: better on the phantoms, a coin toss on 2 held-out lesions
+    champion = {"heldout": {"cpm": 0.5, "dice_ge_6mm": 0.94, "n_lesions": 2}, "phantom": {"cpm": 0.32, "dice_ge_6mm": 0.80}}
+    challenger = {"heldout": {"cpm": 0.5, "dice_ge_6mm": 0.70, "n_lesions": 2}, "phantom": {"cpm": 0.50, "dice_ge_6mm": 0.82}}
+
+    refused, _ = decide(champion, challenger, RULE)
+    ok, reason = decide(champion, challenger, rule)
+    still_judged_on_held_out, _ = decide(metrics(0.5, 0.32, lesions=12), metrics(0.5, 0.5, lesions=12), rule)
+
+    assert not refused and ok
+    assert "hold 2 lesion(s), fewer than 10: judged on the phantom benchmark" in reason
+    assert "cpm on the phantom set 0.320 -> 0.500" in reason
+    assert not still_judged_on_held_out
+
+
 @pytest.fixture
 def versions(db, tmp_path):
     """v1 champion (the shipped file), v2 a challenger (a copy of it)."""

@@ -4,8 +4,10 @@ Metrics are the dicts of ``ml.finetune.evaluate_cases`` / ``phantom_benchmark`` 
 ``dice_ge_6mm``, ...), measured on the same cases for champion and challenger:
 ``{"heldout": {...} or None, "phantom": {...}}``.
 
-1. primary: ``rule["primary"]`` on the held-out reviewed cases (on the phantom benchmark when no
-   held-out case has a lesion) must beat the champion's by more than ``min_gain``;
+1. primary: ``rule["primary"]`` on the held-out reviewed cases must beat the champion's by more than
+   ``min_gain``; while they hold fewer than ``min_heldout_lesions`` lesions (default 1) it is judged on
+   the phantom benchmark instead: on one or two lesions the CPM can only be 0, 0.5 or 1, and a better
+   model would be refused (or a worse one promoted) by chance;
 2. forgetting guard: the phantom-benchmark CPM may fall by at most ``max_cpm_drop``;
 3. with ``require_dice_not_worse``: Dice of lesions >= 6 mm must not fall, on the set of step 1.
 A missing or non-finite value fails the check that needs it.
@@ -22,18 +24,22 @@ def _value(metrics: dict | None, key: str):
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def primary_set(champion: dict, challenger: dict) -> str:
-    """"heldout" when both were measured on held-out cases with lesions, else "phantom"."""
+def primary_set(champion: dict, challenger: dict, min_lesions: int = 1) -> str:
+    """"heldout" when both were measured on held-out cases with at least ``min_lesions`` lesions, else "phantom"."""
     held = [m.get("heldout") for m in (champion, challenger)]
-    return "heldout" if all(h and (h.get("n_lesions") or 0) > 0 for h in held) else "phantom"
+    return "heldout" if all(h and (h.get("n_lesions") or 0) >= max(1, min_lesions) for h in held) else "phantom"
 
 
 def decide(champion: dict, challenger: dict, rule: dict) -> tuple[bool, str]:
     """(promote?, one sentence per check that says what was compared)."""
     primary = rule.get("primary", "cpm")
     min_gain = float(rule.get("min_gain", 0.0))
-    where = primary_set(champion, challenger)
+    min_lesions = int(rule.get("min_heldout_lesions", 1))
+    where = primary_set(champion, challenger, min_lesions)
     reasons, ok = [], True
+    held = (challenger.get("heldout") or {}).get("n_lesions") or 0
+    if where == "phantom" and held:
+        reasons.append(f"held-out reviewed cases hold {held} lesion(s), fewer than {min_lesions}: judged on the phantom benchmark")
 
     old, new = _value(champion.get(where), primary), _value(challenger.get(where), primary)
     if old is None or new is None:
