@@ -161,10 +161,14 @@ zone.addEventListener('drop', async (e) => {
   const files = await entriesToFiles(e.dataTransfer.items);
   upload(files).catch((err) => { $('status-line').textContent = `Upload failed: ${err.message}`; busy = false; });
 });
-for (const id of ['file-input', 'folder-input']) {
-  $(id).addEventListener('change', (e) => {
-    const files = [...e.target.files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
-    e.target.value = '';
-    upload(files).catch((err) => { $('status-line').textContent = `Upload failed: ${err.message}`; busy = false; });
-  });
+function takeInput(input) {
+  const files = [...input.files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+  input.value = '';
+  upload(files).catch((err) => { $('status-line').textContent = `Upload failed: ${err.message}`; busy = false; });
 }
+for (const id of ['file-input', 'folder-input']) {
+  $(id).addEventListener('change', (e) => takeInput(e.target));
+  // Files picked before this module ran (a fast hand, or the browser restoring the form) are not lost.
+  if ($(id).files.length) takeInput($(id));
+}
+document.body.dataset.uploadReady = '1';

@@ -32,6 +32,7 @@ def test_an_admin_uploads_files_and_a_zip_and_sees_the_outcomes(page, cast, tmp_
 
     log_in(page, cast.admin.username, PASSWORD)
     page.click("text=Upload")
+    page.wait_for_selector("body[data-upload-ready='1']")
     page.set_input_files("#file-input", [*paths, folder / "readme.txt", folder / "export.zip"])
     page.wait_for_selector("body[data-upload-done='1']", timeout=60_000)
     shot = screenshot(page, "upload-done")
