@@ -1,6 +1,6 @@
 """Fit the second-stage false-positive reduction of a model file on calibration phantoms.
 
-    python -m ml.fpr MODEL [--phantoms 48] [--seed 30000] [--cache var/fpr] [--write]
+    python -m ml.fpr MODEL [--phantoms 64] [--seed 30000] [--cache var/fpr] [--write]
 
 Runs the model on full-preset phantoms ``seed .. seed + N - 1`` (calibration range 30000-39999:
 never trained on, never used for evaluation), records every candidate's features
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model_file, save_model_file
+from .evaluate import TARGET_RANGE_MM
 from .inference import Predictor
 from .inference.rescoring import FEATURES, Rescorer, fit
 from .metrics import DetectionCase, froc
@@ -32,7 +33,6 @@ from .volumes import Volume
 log = logging.getLogger("ml.fpr")
 
 CALIBRATION_SEED_BASE = 30_000
-TARGET_RANGE_MM = (4.0, 30.0)
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
 
 
@@ -75,10 +75,15 @@ def labels(case: dict) -> np.ndarray:
     return (d <= case["lesion_diameters"][None] / 2).any(1).astype(float)
 
 
-def cpm(cases: list[dict], scores: list[np.ndarray]) -> float:
+def target_froc(cases: list[dict], scores: list[np.ndarray]):
+    """FROC of the 4-30 mm nodules with each phantom's candidates ranked by ``scores``."""
     lo, hi = TARGET_RANGE_MM
     det = [DetectionCase(c["centres"], s, c["lesion_centres"], c["lesion_diameters"]) for c, s in zip(cases, scores)]
-    return froc(det, lambda d: lo <= d <= hi).cpm()
+    return froc(det, lambda d: lo <= d <= hi)
+
+
+def cpm(cases: list[dict], scores: list[np.ndarray]) -> float:
+    return target_froc(cases, scores).cpm()
 
 
 def cross_validate(cases: list[dict], l2: float, folds: int = 4) -> float:
@@ -100,13 +105,12 @@ def out_of_fold(cases: list[dict], l2: float, folds: int = 4) -> list[np.ndarray
 
 def operating_point(cases: list[dict], scores: list[np.ndarray], fp_per_scan: float) -> dict:
     """The lowest score threshold whose false positives per scan stay within ``fp_per_scan`` (with
-    the sensitivity for 4-30 mm nodules it reaches there)."""
-    lo, hi = TARGET_RANGE_MM
-    det = [DetectionCase(c["centres"], s, c["lesion_centres"], c["lesion_diameters"]) for c, s in zip(cases, scores)]
-    curve = froc(det, lambda d: lo <= d <= hi)
+    the sensitivity for 4-30 mm nodules it reaches there). 1.0 (nothing flagged) when even the best
+    candidate is over the budget."""
+    curve = target_froc(cases, scores)
     ok = np.flatnonzero(curve.fp_per_scan <= fp_per_scan + 1e-12)
     best = ok[-1] if len(ok) else 0      # thresholds descend: the last one within the budget is the lowest
-    return {"fp_per_scan": fp_per_scan, "score": float(curve.thresholds[best]),
+    return {"fp_per_scan": fp_per_scan, "score": float(curve.thresholds[best]) if best > 0 else 1.0,
             "calibration_fp_per_scan": float(curve.fp_per_scan[best]),
             "calibration_sensitivity_4_30mm": float(curve.sensitivity[best])}
 
@@ -143,7 +147,7 @@ def calibrate(model: Path, n: int, seed: int, cache: Path | None, candidates: di
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m ml.fpr", description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path)
-    p.add_argument("--phantoms", type=int, default=48)
+    p.add_argument("--phantoms", type=int, default=64)
     p.add_argument("--seed", type=int, default=CALIBRATION_SEED_BASE)
     p.add_argument("--cache", type=Path, default=Path("var/fpr"))
     p.add_argument("--max-candidates", type=int, default=60, help="candidates segmented and rescored per scan")

@@ -98,6 +98,8 @@ def test_the_operating_point_is_the_lowest_score_within_the_false_positive_budge
 
     assert one["score"] == 0.4 and one["calibration_fp_per_scan"] == 1.0 and one["calibration_sensitivity_4_30mm"] == 1.0
     assert half["score"] == 0.8 and half["calibration_sensitivity_4_30mm"] == 0.5
+    # a budget that even the best-scored candidate (a false positive) breaks: nothing is flagged
+    assert operating_point(cases[1:], [np.array([0.4, 0.5, 0.2])], fp_per_scan=0.0)["score"] == 1.0
 
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
