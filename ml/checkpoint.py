@@ -62,3 +62,12 @@ def load_model_file(path) -> dict:
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} model file")
     return payload
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file (a model file's identity), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

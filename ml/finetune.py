@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .checkpoint import code_version, load_model_file, pack_model, save_model_file, unpack_model
+from .checkpoint import code_version, file_sha256, load_model_file, pack_model, save_model_file, unpack_model
 from .evaluate import TARGET_RANGE_MM, _box_metrics
 from .inference import Predictor
 from .metrics import CPM_FP_RATES, DetectionCase, froc
@@ -79,14 +79,6 @@ PHANTOM_SEED_BASE = {"full": TRAIN_SEED_FULL}        # every other preset: TRAIN
 
 
 # -- fine-tuning ------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _phantom_plan(phantom_plan) -> tuple[list[tuple[str, int]], dict, dict]:
@@ -161,7 +153,7 @@ def finetune(parent_model: Path, cases: Iterable[LabelledCase], out: Path, *,
     if {k: float(v) for k, v in parent["preprocessing"].items() if k in preprocessing_constants()} != preprocessing_constants():
         raise ValueError(f"{parent_path}: preprocessing constants differ from this code's; cannot fine-tune it")
     parent_info = {"version": str(parent["version"]), "code_version": str(parent.get("code_version", "")),
-                   "sha256": _sha256(parent_path), "file": parent_path.name,
+                   "sha256": file_sha256(parent_path), "file": parent_path.name,
                    "lineage": [*parent.get("parent", {}).get("lineage", []), str(parent["version"])]}
     device = pick_device(device)
     plan, counts, ranges = _phantom_plan(phantom_plan)

@@ -6,7 +6,6 @@ set of findings, and a run whose worker died is found by its stale heartbeat and
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -42,20 +41,18 @@ class InferenceError(Exception):
 # --- registry -----------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def get_champion() -> ModelVersion | None:
     """The model that reads new studies; the shipped baseline becomes version 1 on first use."""
     champion = ModelVersion.objects.filter(status=ModelVersion.Status.CHAMPION).first()
     if champion is None and not ModelVersion.objects.exists():
         champion = register_baseline()
     return champion
+
+
+def _file_sha256(path: Path) -> str:
+    from ml.checkpoint import file_sha256  # ml (and torch) load only where a model file is handled
+
+    return file_sha256(path)
 
 
 def register_baseline() -> ModelVersion | None:
@@ -70,7 +67,7 @@ def register_baseline() -> ModelVersion | None:
     metadata = {k: v for k, v in payload.items() if k != "models"}
     version, _ = ModelVersion.objects.get_or_create(
         version=1,
-        defaults=dict(name="baseline", file_path=str(path), sha256=file_sha256(full),
+        defaults=dict(name="baseline", file_path=str(path), sha256=_file_sha256(full),
                       status=ModelVersion.Status.CHAMPION, metadata=_jsonable(metadata), promoted_at=timezone.now()),
     )
     return version
@@ -103,7 +100,7 @@ def register_model_file(path: Path, *, name: str, parent: ModelVersion | None) -
 
     payload = load_model_file(path)
     metadata = _jsonable({k: v for k, v in payload.items() if k != "models"})
-    sha = file_sha256(path)
+    sha = _file_sha256(path)
     for _ in range(5):  # two registrations racing for the same number: the loser takes the next one
         number = (ModelVersion.objects.order_by("-version").values_list("version", flat=True).first() or 0) + 1
         try:
