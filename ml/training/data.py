@@ -3,6 +3,7 @@
 A cached *case* (one phantom) holds
   ``det_hu``     int16 (Z, Y, X): the lung box resampled to ``DET_SPACING_MM`` isotropic,
   ``lesions``    float32 (N, 4): centre (z, y, x) in det voxels, diameter in mm,
+  ``lesion_texture`` / ``lesion_attached`` str (N,): the phantom's texture and attachment ("" = free),
   ``vessel_zyx`` / ``lung_zyx`` int16 (M, 3): det voxels for hard-negative / random patch centres,
   ``seg_hu``     int16 (K, S, S, S) and ``seg_label`` bool: ``SEG_CACHE`` mm cubes at ``SEG_SPACING_MM``
                  centred on each lesion (and on one vessel voxel far from any lesion).
@@ -30,6 +31,7 @@ SEG_CACHE = 64              # cached seg cube edge (voxels); training crops SEG_
 TRAIN_SEED_SMALL = 10_000
 TRAIN_SEED_FULL = 20_000
 N_SAMPLE_POINTS = 3000
+CACHE_FORMAT = 2            # part of a cached case's file name: bump when build_case's output changes
 
 
 def seg_cube(volume: Volume, centre_xyz_mm, size: int, spacing_mm: float = SEG_SPACING_MM,
@@ -88,7 +90,9 @@ def build_case(preset: str, seed: int) -> dict:
                        np.float32).reshape(-1, 4)
     seg_hu, seg_label = _seg_items(ph, volume, det.voxel_to_patient(vessels.astype(float)), rng)
     return {"det_hu": np.rint(det.hu).astype(np.int16), "lesions": lesions, "vessel_zyx": vessels,
-            "lung_zyx": lung, "seg_hu": np.array(seg_hu, np.int16).reshape(-1, *(SEG_CACHE,) * 3),
+            "lung_zyx": lung, "lesion_texture": np.array([les.texture for les in ph.lesions], dtype="U16"),
+            "lesion_attached": np.array([les.attached_to or "" for les in ph.lesions], dtype="U16"),
+            "seg_hu": np.array(seg_hu, np.int16).reshape(-1, *(SEG_CACHE,) * 3),
             "seg_label": np.array(seg_label, bool).reshape(-1, *(SEG_CACHE,) * 3),
             "seg_is_lesion": np.arange(len(seg_hu)) < len(ph.lesions),
             "seed": np.int64(seed), "preset": np.array(preset)}
@@ -108,7 +112,7 @@ def build_cache(cache_dir, plan: list[tuple[str, int]], workers: int = 1) -> lis
     """Build (or reuse) one ``.npz`` per ``(preset, seed)`` in ``cache_dir``; returns the paths."""
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    jobs = [(preset, seed, cache / f"{preset}-{seed}.npz") for preset, seed in plan]
+    jobs = [(preset, seed, cache / f"{preset}-{seed}.v{CACHE_FORMAT}.npz") for preset, seed in plan]
     if workers > 1:
         import multiprocessing as mp
         with mp.get_context("fork").Pool(workers) as pool:

@@ -2,7 +2,11 @@
 
 Detection patches (``DET_PATCH``^3 at 2 mm): ``P_POSITIVE`` around a nodule (random offset so
 it can sit anywhere in the patch), ``P_VESSEL`` centred on a vessel voxel (hard negatives: vessels
-cut across look like nodules), the rest anywhere in the lungs. Segmentation patches
+cut across look like nodules), the rest anywhere in the lungs. Nodules are drawn in proportion to
+:func:`lesion_weights` (small, sub-solid, calcified and attached ones are the ones a detector misses,
+so they are seen more often); negative patches come from a case in proportion to its lung box's
+volume, so a scan contributes background in proportion to how much of it there is (a mini chest
+with a sparse vessel tree would otherwise supply as many hard negatives as a full chest). Segmentation patches
 (``SEG_PATCH``^3 at 1 mm) are crops of the cached cubes with up to +-8 mm jitter; ~15 % are
 vessel cubes with an empty target. Every patch gets a random flip / in-plane rot90.
 """
@@ -19,6 +23,23 @@ SEG_PATCH = 48
 P_POSITIVE, P_VESSEL = 0.5, 0.3
 P_SEG_NEGATIVE = 0.15
 MIN_SIGMA_VOX = 0.75
+# Extra sampling weight (on top of 1) of a nodule the detector finds hard to see.
+SMALL_NODULE_MM, SMALL_EXTRA = 8.0, 1.0
+TEXTURE_EXTRA = {"part_solid": 1.0, "ground_glass": 1.0, "calcified": 2.0}
+ATTACHED_EXTRA = 0.5
+
+
+def lesion_weights(case: dict) -> np.ndarray:
+    """Sampling weight of each of a case's nodules: 1, plus ``SMALL_EXTRA`` below ``SMALL_NODULE_MM``,
+    plus ``TEXTURE_EXTRA`` by texture and ``ATTACHED_EXTRA`` when attached to a vessel or the pleura
+    (texture / attachment only where the case records them: phantoms do, reviewed cases do not)."""
+    les = case["lesions"]
+    w = 1.0 + SMALL_EXTRA * (les[:, 3] < SMALL_NODULE_MM)
+    if "lesion_texture" in case:
+        w = w + np.array([TEXTURE_EXTRA.get(str(t), 0.0) for t in case["lesion_texture"]]).reshape(-1)
+    if "lesion_attached" in case:
+        w = w + ATTACHED_EXTRA * (np.asarray(case["lesion_attached"]).astype(str) != "")
+    return w.astype(float)
 
 
 def heat_sigma_vox(diameter_mm) -> np.ndarray:
@@ -74,14 +95,18 @@ class DetectionSampler:
     def __init__(self, cases: list[dict], patch: int = DET_PATCH):
         self.cases, self.patch = cases, patch
         self.lesion_index = [(ci, li) for ci, c in enumerate(cases) for li in range(len(c["lesions"]))]
+        w = np.concatenate([lesion_weights(c) for c in cases]) if self.lesion_index else np.ones(0)
+        self.lesion_p = w / w.sum() if len(w) else w
+        size = np.array([c["det_hu"].size for c in cases], float)
+        self.case_p = size / size.sum()
 
     def _centre(self, rng) -> tuple[int, np.ndarray]:
         u = rng.random()
         if u < P_POSITIVE and self.lesion_index:
-            ci, li = self.lesion_index[rng.integers(len(self.lesion_index))]
+            ci, li = self.lesion_index[rng.choice(len(self.lesion_index), p=self.lesion_p)]
             jitter = rng.uniform(-0.35, 0.35, 3) * self.patch
             return ci, self.cases[ci]["lesions"][li, :3] + jitter
-        ci = int(rng.integers(len(self.cases)))
+        ci = int(rng.choice(len(self.cases), p=self.case_p))
         pts = self.cases[ci]["vessel_zyx"] if u < P_POSITIVE + P_VESSEL else self.cases[ci]["lung_zyx"]
         if len(pts) == 0:
             pts = np.array([np.asarray(self.cases[ci]["det_hu"].shape) // 2])

@@ -12,7 +12,7 @@ from ml.networks import UNet3D, UNetConfig
 from ml.training.data import build_case
 from ml.training.losses import centernet_focal_loss, detection_loss, dice_bce_loss
 from ml.training.loop import TrainConfig, train_model
-from ml.training.samplers import DetectionSampler, SegmentationSampler, det_targets
+from ml.training.samplers import DetectionSampler, SegmentationSampler, det_targets, lesion_weights
 
 TINY = UNetConfig(in_channels=1, out_channels=5, channels=(4, 8), out_bias=(-2.0, 1.5, 0, 0, 0))
 
@@ -55,6 +55,42 @@ def test_samplers_return_documented_shapes(tiny_cases):
     assert x.dtype == np.float32 and -1.0 <= x.min() and x.max() <= 1.0
     xs, ys = SegmentationSampler(tiny_cases, patch=16).sample(rng, 2)
     assert xs.shape == ys.shape == (2, 1, 16, 16, 16)
+
+
+def test_phantom_cases_record_texture_and_attachment_of_each_nodule(tiny_cases):
+    for case in tiny_cases:
+        assert len(case["lesion_texture"]) == len(case["lesion_attached"]) == len(case["lesions"])
+        assert set(case["lesion_texture"]) <= {"solid", "part_solid", "ground_glass", "calcified"}
+        assert set(case["lesion_attached"]) <= {"", "vessel", "pleura"}
+
+
+def _case(lesions, texture=None, attached=None, shape=(10, 10, 10)):
+    case = {"lesions": np.array(lesions, np.float32).reshape(-1, 4), "det_hu": np.zeros(shape, np.int16),
+            "vessel_zyx": np.array([[5, 5, 5]], np.int16), "lung_zyx": np.array([[5, 5, 5]], np.int16)}
+    if texture is not None:
+        case["lesion_texture"], case["lesion_attached"] = np.array(texture), np.array(attached)
+    return case
+
+
+def test_hard_nodules_weigh_more_and_reviewed_cases_fall_back_to_size():
+    phantom = _case([[5, 5, 5, 12.0], [5, 5, 5, 5.0], [5, 5, 5, 12.0], [5, 5, 5, 12.0], [5, 5, 5, 6.0]],
+                    ["solid", "solid", "ground_glass", "calcified", "part_solid"], ["", "", "", "", "vessel"])
+    np.testing.assert_allclose(lesion_weights(phantom), [1.0, 2.0, 2.0, 3.0, 3.5])
+    reviewed = _case([[5, 5, 5, 12.0], [5, 5, 5, 5.0]])       # no texture / attachment recorded
+    np.testing.assert_allclose(lesion_weights(reviewed), [1.0, 2.0])
+
+
+def test_the_detection_sampler_draws_nodules_by_weight_and_background_by_volume():
+    hard = _case([[5, 5, 5, 5.0]], ["ground_glass"], ["pleura"])                      # weight 3.5
+    easy = _case([[5, 5, 5, 15.0]], ["solid"], [""], shape=(30, 30, 30))             # weight 1, 27x volume
+    sampler = DetectionSampler([hard, easy], patch=8)
+    np.testing.assert_allclose(sampler.lesion_p, [3.5 / 4.5, 1 / 4.5])
+    np.testing.assert_allclose(sampler.case_p, [1 / 28, 27 / 28])
+    rng = np.random.default_rng(0)
+    picks = [sampler._centre(rng)[0] for _ in range(4000)]
+    # P_POSITIVE (0.5) of the draws go to a nodule, the rest to background: case 0's share is
+    # 0.5 * 3.5/4.5 + 0.5 * 1/28 = 0.407 (it would be 0.5 with uniform draws)
+    assert abs(np.mean(np.array(picks) == 0) - (0.5 * 3.5 / 4.5 + 0.5 / 28)) < 0.03
 
 
 def _fixed_batch(tiny_cases):
