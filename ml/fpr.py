@@ -40,6 +40,8 @@ def collect(predictor: Predictor, n: int, seed: int, cache: Path | None, preset:
     """Per phantom: candidate centres (mm), features, detector-stage scores, lesion centres and diameters."""
     s = predictor.settings
     tag = f"{predictor.version}-{s['max_candidates']}-{s['score_threshold']:g}-{preset}"
+    if s.get("det_tta", 1) > 1:
+        tag += f"-dettta{s['det_tta']}"
     cases = []
     for i in range(n):
         path = cache / f"{tag}-{seed + i}.npz" if cache else None
@@ -155,12 +157,16 @@ def main(argv=None) -> None:
     p.add_argument("--operating-fp", type=float, default=1.0,
                    help="false positives per scan at the operating point: findings scored below it are "
                         "candidates, shown on request (default 1)")
+    p.add_argument("--det-tta", type=int, default=None,
+                   help="detector heat map averaged over this many flips (1-8; default: the model's setting)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="store the rescorer in the model file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     candidates = {"max_candidates": args.max_candidates, "score_threshold": args.score_threshold}
+    if args.det_tta is not None:
+        candidates["det_tta"] = args.det_tta
     rescorer, report = calibrate(args.model, args.phantoms, args.seed, args.cache, candidates, args.operating_fp)
     print(json.dumps(report, indent=2))
     if args.write:

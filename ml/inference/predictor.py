@@ -107,13 +107,17 @@ class Predictor:
         report = progress or (lambda f, s: None)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        transforms = tta_transforms(TTA_COUNT if tta else 1)
+        # ``det_tta`` (model setting): the detector's heat map is averaged over that many transforms even
+        # without ``tta`` (steadier scores for faint nodules); ``tta`` also averages the segmenter and
+        # turns the transforms' disagreement into uncertainty.
+        seg_transforms = tta_transforms(TTA_COUNT if tta else 1)
+        det_transforms = tta_transforms(max(len(seg_transforms), int(self.settings.get("det_tta", 1))))
         report(0.0, "preprocess")
         det_volume = self._prepare(volume, timings)
-        heats, reg = self._detect(det_volume, transforms, timings, report)
+        heats, reg = self._detect(det_volume, det_transforms, timings, report)
         report(0.6, "segment")
         t = time.perf_counter()
-        findings = self._findings(volume, det_volume, heats, reg, transforms, timings)
+        findings = self._findings(volume, det_volume, heats, reg, seg_transforms, timings)
         timings["segment"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         report(1.0, "done")

@@ -104,6 +104,21 @@ def test_tta_gives_uncertainties_between_zero_and_one(predictor, planted):
     assert f.uncertainty < 0.5
 
 
+def test_detector_tta_averages_flipped_heat_maps_without_segmenter_tta(predictor, planted, monkeypatch):
+    import ml.inference.predictor as module
+    volume, centre = planted
+    calls = []
+    real = module.sliding_window
+    monkeypatch.setattr(module, "sliding_window", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setitem(predictor.settings, "det_tta", 4)
+    pred = predictor.predict(volume)
+    assert len(calls) == 4                                   # identity + 3 flips of the detection grid
+    f = _best(pred, centre)
+    assert np.linalg.norm(np.asarray(f.centre_xyz_mm) - centre) < 1.5
+    assert f.diameter_mm == pytest.approx(DIAMETER_MM, abs=1.5)
+    assert f.score > 0.5 and f.uncertainty is None and pred.case_uncertainty is None
+
+
 def test_sliding_window_blending_reproduces_a_pointwise_function():
     image = np.random.default_rng(0).normal(size=(1, 21, 30, 17)).astype(np.float32)
     out = sliding_window(image, lambda x: torch.cat([2 * x, x + 1], dim=1), 8, overlap=0.5, batch_size=3, divisor=4)
