@@ -1,6 +1,6 @@
 """Fit the second-stage false-positive reduction of a model file on calibration phantoms.
 
-    python -m ml.fpr MODEL [--phantoms 64] [--seed 30000] [--cache var/fpr] [--write]
+    python -m ml.fpr MODEL [--phantoms 64] [--seed 30000] [--cache var/fpr] [--det-tta 4] [--write]
 
 Runs the model on full-preset phantoms ``seed .. seed + N - 1`` (calibration range 30000-39999:
 never trained on, never used for evaluation), records every candidate's features
