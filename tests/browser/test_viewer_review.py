@@ -15,6 +15,14 @@ from webapp.review.models import CaseReview, Finding
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
+def select(page, item) -> None:
+    """Click a finding in the list and wait until the page has selected it (a key pressed before
+    that, while the list re-renders after a save, would act on no finding)."""
+    finding_id = item.get_attribute("data-finding-id")
+    item.click()
+    page.wait_for_selector(f"#findings-list li.finding.selected[data-finding-id='{finding_id}']")
+
+
 def test_sign_off_is_refused_while_a_finding_is_proposed_and_then_shows_in_the_worklist(page, cast, phantom_case):
     study = phantom_case["study"]
     log_in(page, cast.radiologist.username, PASSWORD)
@@ -31,13 +39,13 @@ def test_sign_off_is_refused_while_a_finding_is_proposed_and_then_shows_in_the_w
     assert page.inner_text("#case-status") != "signed off"
 
     # Accept one and reject the other (with one proposed left it is still refused).
-    items.nth(0).click()
+    select(page, items.nth(0))
     page.keyboard.press("a")
     wait_saved(page)
     page.click("#signoff")
     page.wait_for_function("document.querySelector('#notice').textContent.includes('1 finding(s) are still proposed')")
     wait_saved(page)
-    items.nth(1).click()
+    select(page, items.nth(1))
     page.keyboard.press("r")
     page.keyboard.press("Enter")
     wait_saved(page)

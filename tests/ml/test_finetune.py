@@ -259,7 +259,9 @@ def test_scores_on_a_case_with_a_known_answer(planted):
     m = _metrics(LabelledCase("right", volume, [LabelledLesion(tuple(centre), DIAMETER_MM, mask, origin)]), findings)
     assert m["n_cases"] == 1 and m["n_lesions"] == 1 and m["n_detected"] == 1
     assert m["cpm"] == m["cpm_4_30"] == 1.0
-    assert m["dice_ge_6mm"] > 0.7 and 0 < m["hd95_mm"] < 3.0 and m["diameter_mae_mm"] < 1.5
+    # HD95 within one slice (3 mm here): a mask one slice short or long at a pole is the grid's limit
+    assert m["dice_ge_6mm"] > 0.7 and 0 < m["hd95_mm"] <= max(volume.spacing_zyx_mm) + 1e-6
+    assert m["diameter_mae_mm"] < 1.5
     assert m["volume_abs_err_ml"] < 0.2 and m["n_segmentation_scored"] == 1
     assert m["froc"]["sensitivity"][-1] == 1.0 and len(m["froc"]["fp_per_scan"]) == len(m["froc"]["sensitivity"])
     assert m["false_positives_per_scan"] == len(findings) - 1
