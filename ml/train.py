@@ -107,7 +107,8 @@ def train_all(args) -> Path:
                                                on_step=all_threads_once_segmenter_done)
             seg_hist = seg_job.result()
         torch.set_num_threads(args.threads)
-        segmenter, _ = train_network("segmenter", paths, seg_cfg, str(device), seg_state)  # loads the finished state
+        segmenter = UNet3D(SEGMENTER)               # the child's finished weights, from its state file
+        segmenter.load_state_dict(torch.load(seg_state, map_location="cpu", weights_only=True)["model"])
     else:
         detector, det_hist = train_network("detector", paths, det_cfg, str(device), det_state)
         segmenter, seg_hist = train_network("segmenter", paths, seg_cfg, str(device), seg_state)
