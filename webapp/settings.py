@@ -78,21 +78,53 @@ def envlist(name: str, default: str) -> list[str]:
 
 VAR_DIR = Path(env("RADLOOP_VAR_DIR", str(BASE_DIR / "var")))
 
+# "production" turns on the profile at the end of this file (HTTPS only, Secure cookies, HSTS) and
+# refuses to start on a missing or weak SECRET_KEY, DEBUG, or a wildcard ALLOWED_HOSTS.
+DEPLOYMENT = env("DEPLOYMENT", "development").strip().lower()
+if DEPLOYMENT not in {"development", "production"}:
+    raise ImproperlyConfigured(f"DEPLOYMENT={DEPLOYMENT!r}: use 'development' or 'production'")
+PRODUCTION = DEPLOYMENT == "production"
+
+# Files this process creates (var/, the archive, logs, broker messages, model files, caches) are
+# readable by its own user only: 0600 files, 0700 folders. RADLOOP_UMASK (octal) relaxes it.
+try:
+    os.umask(int(env("RADLOOP_UMASK", "077"), 8))
+except ValueError:
+    raise ImproperlyConfigured("RADLOOP_UMASK must be an octal number such as 077") from None
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) as 0700; an existing folder of ours is tightened to 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+private_dir(VAR_DIR)
+
 DEBUG = envbool("DEBUG", False)
 SECRET_KEY = env("SECRET_KEY", "")
-if not SECRET_KEY:
+if PRODUCTION:
+    # The rule of `manage.py check --deploy` (security.W009).
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure-"):
+        raise ImproperlyConfigured(
+            "DEPLOYMENT=production needs a strong SECRET_KEY (or SECRET_KEY_FILE): at least 50 characters, "
+            "at least 5 different ones, not Django's 'django-insecure-' default. Make one with: "
+            ".venv/bin/python -c 'from django.core.management.utils import get_random_secret_key as k; print(k())'")
+elif not SECRET_KEY:
     # A per-checkout key, made once and kept outside the repository, so a fresh checkout runs
     # without a shared, published secret.
     key_file = VAR_DIR / "secret_key"
     if not key_file.exists():
         from django.core.management.utils import get_random_secret_key
 
-        key_file.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(key_file.parent)
         key_file.write_text(get_random_secret_key())
         key_file.chmod(0o600)
     SECRET_KEY = key_file.read_text().strip()
 
-ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
@@ -261,6 +293,10 @@ PROMOTION_RULE = envjson("PROMOTION_RULE", {
     "primary": "cpm", "min_gain": 0.0, "max_cpm_drop": 0.01, "require_dice_not_worse": True,
     "min_heldout_lesions": 10,
 })
+# A challenger that passes the rule waits for an admin's Approve on /models/ instead of replacing the
+# champion at once. On by default in production (a clinical deployment changes its reading model only
+# with a human's sign-off), off in development (the demo loop promotes by itself).
+PROMOTION_REQUIRES_APPROVAL = envbool("PROMOTION_REQUIRES_APPROVAL", PRODUCTION)
 
 # --- Celery ---------------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", "")
@@ -272,7 +308,7 @@ else:
     # Embedded default: kombu's filesystem transport, a real broker that needs no server.
     _broker_dir = VAR_DIR / "broker"
     for _sub in ("queue", "processed", "results", "control"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+        private_dir(_broker_dir / _sub)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
@@ -313,3 +349,30 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True  # job state lives in the database rows the UI reads
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Production profile (DEPLOYMENT=production) ---------------------------------------------
+# Behind a TLS-terminating proxy (nginx, see deploy/nginx-radloop.conf) that sets X-Forwarded-Proto.
+# `DEPLOYMENT=production manage.py check --deploy` reports no warnings with these.
+if PRODUCTION:
+    if DEBUG:
+        raise ImproperlyConfigured("DEPLOYMENT=production refuses DEBUG=true (tracebacks would show data and settings)")
+    if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
+        raise ImproperlyConfigured("DEPLOYMENT=production needs ALLOWED_HOSTS set to the host name(s) the app is "
+                                   "served under (comma-separated, no '*')")
+    if not DICOMWEB_BASE_URL.startswith("https://"):
+        raise ImproperlyConfigured("DEPLOYMENT=production needs DICOMWEB_BASE_URL set to the public https:// URL "
+                                   "of /dicomweb (it is written into RetrieveURL and BulkDataURI)")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")  # nginx overwrites it; gunicorn binds to localhost
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # health checks from the machine itself over plain HTTP
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", True)  # the header only; submitting the domain is a separate step
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SESSION_COOKIE_HTTPONLY = True  # CSRF_COOKIE_HTTPONLY stays off: the viewer sends the cookie's value in X-CSRFToken
+    SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+    X_FRAME_OPTIONS = "DENY"
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REFERRER_POLICY = "same-origin"
+    SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = False  # the CSP (webapp.security) is enforced, never only reported

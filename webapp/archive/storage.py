@@ -30,7 +30,7 @@ class AtomicFileSystemStorage(FileSystemStorage):
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o640)
+            os.chmod(tmp, 0o600)  # var/ is private to the app's user (settings: RADLOOP_UMASK)
             os.replace(tmp, full_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -47,7 +47,7 @@ class AtomicFileSystemStorage(FileSystemStorage):
         """Move a complete temporary file to its final name, atomically."""
         final = Path(self.path(name))
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp_path, 0o640)
+        os.chmod(tmp_path, 0o600)
         os.replace(tmp_path, final)
 
 

@@ -55,6 +55,78 @@ def _file_sha256(path: Path) -> str:
     return file_sha256(path)
 
 
+class ModelIntegrityError(InferenceError):
+    """A model file that is missing or is not the file that was registered; never loaded."""
+
+
+# SHA-256 of files already hashed in this process, keyed by what any change to a file changes: a
+# write moves mtime and ctime (ctime cannot be set back from user space), a replacement the inode.
+_verified_sha: dict[tuple, str] = {}
+_reported: set[tuple] = set()
+
+
+def _file_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def verify_model_file(model: ModelVersion) -> tuple:
+    """Check that ``model``'s file is the one registered (its SHA-256) before anything loads it.
+
+    Returns the file's stat key (compare it after loading: the same key means the same bytes were
+    loaded). Raises :class:`ModelIntegrityError` with the reason; a mismatch is logged and audited
+    (``modelops.model.integrity_failed``, once per changed file and process). A changed *shipped*
+    baseline (an update of ``BASELINE_MODEL_PATH``) is registered as a new challenger that an admin
+    can promote; the old version stays refused.
+    """
+    path = model.path
+    try:
+        key = _file_key(path)
+    except OSError:
+        raise ModelIntegrityError(f"the model file of v{model.version} is missing ({model.file_path}); "
+                                  "refusing to load") from None
+    sha = _verified_sha.get(key)
+    if sha is None:
+        sha = _file_sha256(path)
+        if len(_verified_sha) > 64:
+            _verified_sha.clear()
+        _verified_sha[key] = sha
+    if sha == model.sha256:
+        return key
+    hint = "restore the file, or promote another version on /models/"
+    changed = _register_changed_baseline(model, path, sha)
+    if changed is not None:
+        hint = (f"the shipped baseline file changed since it was registered; it is registered as v{changed.version} "
+                "(a challenger), which an admin can check and promote on /models/")
+    if key not in _reported:
+        _reported.add(key)
+        log.error("model v%s: file %s has SHA-256 %s, registered %s; refusing to load", model.version, path, sha,
+                  model.sha256)
+        audit(None, "modelops.model.integrity_failed", obj=model,
+              details={"file": model.file_path, "registered_sha256": model.sha256, "file_sha256": sha,
+                       "registered_as": changed.version if changed else None})
+    raise ModelIntegrityError(f"model file {model.file_path} (v{model.version}) does not match its registered "
+                              f"SHA-256; refusing to load. {hint[0].upper()}{hint[1:]}.")
+
+
+def _register_changed_baseline(model: ModelVersion, path: Path, sha: str) -> ModelVersion | None:
+    """The version registered for a changed shipped baseline file (made once), or None for other files."""
+    shipped = Path(settings.BASELINE_MODEL_PATH)
+    shipped = shipped if shipped.is_absolute() else Path(settings.BASE_DIR) / shipped
+    if path.resolve() != shipped.resolve():
+        return None
+    with transaction.atomic():
+        ModelVersion.objects.select_for_update().filter(pk=model.pk).first()  # one registration at a time
+        existing = ModelVersion.objects.filter(sha256=sha, file_path=model.file_path).first()
+        if existing is not None:
+            return existing
+        try:
+            return register_model_file(path, name="baseline (changed file)", parent=None, file_path=model.file_path)
+        except Exception:
+            log.exception("the changed baseline file %s could not be registered", path)
+            return None
+
+
 def register_baseline() -> ModelVersion | None:
     path = Path(settings.BASELINE_MODEL_PATH)
     full = path if path.is_absolute() else Path(settings.BASE_DIR) / path
@@ -94,8 +166,9 @@ class RegistryError(Exception):
     """A registry change that cannot be made (no previous champion, missing file); shown verbatim."""
 
 
-def register_model_file(path: Path, *, name: str, parent: ModelVersion | None) -> ModelVersion:
-    """A new version (the next number) for a model file, as a challenger; metadata from the file."""
+def register_model_file(path: Path, *, name: str, parent: ModelVersion | None, file_path: str = "") -> ModelVersion:
+    """A new version (the next number) for a model file, as a challenger; metadata from the file.
+    ``file_path``: the path to store, when not ``path`` itself (the shipped baseline's relative path)."""
     from ml.checkpoint import load_model_file
 
     payload = load_model_file(path)
@@ -105,7 +178,7 @@ def register_model_file(path: Path, *, name: str, parent: ModelVersion | None) -
         number = (ModelVersion.objects.order_by("-version").values_list("version", flat=True).first() or 0) + 1
         try:
             with transaction.atomic():
-                return ModelVersion.objects.create(version=number, name=name, file_path=str(path), sha256=sha,
+                return ModelVersion.objects.create(version=number, name=name, file_path=file_path or str(path), sha256=sha,
                                                    status=ModelVersion.Status.CHALLENGER, parent=parent, metadata=metadata)
         except IntegrityError:
             continue
@@ -116,6 +189,11 @@ def promote(model: ModelVersion, *, actor=None, reason: str = "", request=None, 
     """Make ``model`` the champion; the old champion is retired. New inference runs use it at once
     (queue_inference asks for the champion; a worker loads a model it has not cached). ``rollback``:
     return to an earlier champion without recording the one left as its predecessor."""
+    if model.path.exists():  # (outside the transaction: the refusal's audit entry must stay)
+        try:
+            verify_model_file(model)
+        except ModelIntegrityError as exc:
+            raise RegistryError(str(exc)[0].lower() + str(exc)[1:].rstrip(".")) from None
     with transaction.atomic():
         rows = {m.pk: m for m in ModelVersion.objects.select_for_update().filter(
             Q(pk=model.pk) | Q(status=ModelVersion.Status.CHAMPION))}
@@ -236,7 +314,11 @@ def run_inference(run_id: int, predictor_for: Callable[[ModelVersion], object]) 
     try:
         volume = _load_volume(run)
         load_seconds = time.perf_counter() - started
+        file_key = verify_model_file(run.model_version)  # never load a file that is not the registered one
         predictor = predictor_for(run.model_version)
+        if _file_key(run.model_version.path) != file_key:
+            raise ModelIntegrityError(f"model file {run.model_version.file_path} changed while it was loaded; "
+                                      "refusing to use it")
         prediction = predictor.predict(volume, tta=settings.INFERENCE_TTA, progress=_progress_reporter(run.pk))
         store_started = time.perf_counter()
         with transaction.atomic():

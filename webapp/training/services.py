@@ -172,6 +172,7 @@ def _train_evaluate_decide(run: TrainingRun) -> None:
 
     if run.parent is None:
         raise TrainingError("there is no champion model to fine-tune")
+    _verify(run.parent)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     snapshot, train_cases, heldout_cases = build_snapshot(run)
@@ -195,6 +196,7 @@ def _train_evaluate_decide(run: TrainingRun) -> None:
     _report(run.pk, "evaluate", 0, 4)
     metrics = {}
     for i, (who, model) in enumerate((("champion", run.parent), ("challenger", challenger))):
+        _verify(model)
         heldout = evaluate_cases(model.path, heldout_cases, device=params["device"]) if heldout_cases else None
         _report(run.pk, "evaluate", 2 * i + 1, 4)
         phantom = phantom_benchmark(model.path, n=settings.RETRAIN_BENCHMARK_N, seed=settings.RETRAIN_BENCHMARK_SEED,
@@ -223,6 +225,14 @@ def _finish(run: TrainingRun, challenger: ModelVersion, metrics: dict, promote_i
         decision_reason=reason, timings=_rounded(timings))
     audit(None, f"training.run.{decision}", obj=run, details={"challenger": challenger.version, "reason": reason[:1000]})
     log.info("training run %s: v%s %s (%s)", run.pk, challenger.version, decision, reason)
+
+
+def _verify(model: ModelVersion) -> None:
+    """A model file is loaded only when it is the registered one (its SHA-256)."""
+    try:
+        registry.verify_model_file(model)
+    except registry.ModelIntegrityError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def _fail(run: TrainingRun, reason: str) -> None:
