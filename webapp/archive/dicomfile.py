@@ -1,25 +1,50 @@
 """Parse and validate one DICOM file before it may enter the archive.
 
 Everything a PACS or a user can get wrong becomes an ``InvalidDicom`` with a reason a person can
-act on. Headers are parsed first; pixel data is checked for presence and length (native transfer
-syntaxes, without decoding) or decoded once (compressed syntaxes, to prove a decoder exists).
+act on, and a file is admitted only if the archive can serve it. In order:
+
+1. the raw element stream is walked (``dicomwalk``): encoding against the transfer syntax,
+   duplicated tags, truncation, trailing bytes, sequence and element limits;
+2. the header is parsed by pydicom and checked: UIDs, file meta against the data set, the Image
+   Pixel module (Rows, Columns, frames, samples, bits, photometric interpretation, palette);
+3. native pixel data must be exactly the size the attributes imply (one pad byte allowed);
+   encapsulated data is checked frame by frame from headers (``pixelframes``), then the first and
+   last frames are decoded, each bounded by the checked attributes.
+
+Deflated files are inflated first (``inflate_deflated``), streamed with a hard cap, and stored as
+Explicit VR Little Endian so that every reader can serve them.
 """
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
+import mmap
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import pydicom
+from django.conf import settings
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomFileLike
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID
 
+from . import dicomwalk, pixelframes
+from .dicomerrors import (  # noqa: F401  (re-exported: callers import them from here)
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
+    InvalidDicom,
+)
+
 log = logging.getLogger(__name__)
-PIXEL_DATA_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+PIXEL_DATA_TAGS = dicomwalk.PIXEL_DATA_TAGS
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 NATIVE_SYNTAXES = {
@@ -28,25 +53,15 @@ NATIVE_SYNTAXES = {
     pydicom.uid.ExplicitVRBigEndian,
 }
 DEFLATED_SYNTAXES = {pydicom.uid.DeflatedExplicitVRLittleEndian}
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+PHOTOMETRIC_INTERPRETATIONS = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422",
+                               "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB"}
+INFLATE_CHUNK = 256 * 1024
+TRAILER_ALLOWANCE = 64 * 1024  # elements after the pixel data (padding, signatures) in a deflated file
 
 
-# DICOM storage failure reasons (PS3.4 Annex B / PS3.18 STOW-RS FailureReason).
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
-PROCESSING_FAILURE = 0x0110
-
-
-class InvalidDicom(Exception):
-    """The file cannot be archived; ``str(exc)`` says why in words for the uploader.
-
-    ``code`` is the DICOM failure reason that STOW-RS reports for it.
-    """
-
-    def __init__(self, reason: str, code: int = CANNOT_UNDERSTAND):
-        super().__init__(reason)
-        self.code = code
+def limit(name: str, default: int) -> int:
+    return int(getattr(settings, name, default))
 
 
 def check_uid(value: Any, keyword: str) -> str:
@@ -92,7 +107,8 @@ class ParsedDicom:
 def parse_dicom(fp: BinaryIO, size: int) -> ParsedDicom:
     """Validate the open file ``fp`` (``size`` bytes) and return its archive attributes.
 
-    Raises InvalidDicom with the reason, whatever is wrong with the file.
+    Raises InvalidDicom with the reason, whatever is wrong with the file. A deflated file must
+    have been through ``inflate_deflated`` first.
     """
     try:
         return _parse(fp, size)
@@ -103,11 +119,66 @@ def parse_dicom(fp: BinaryIO, size: int) -> ParsedDicom:
         raise InvalidDicom(f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
 
 
-def _parse(fp: BinaryIO, size: int) -> ParsedDicom:
+def _buffer(fp: BinaryIO, size: int):
+    """Random access to the whole file without reading it into memory where it is a real file."""
+    try:
+        return mmap.mmap(fp.fileno(), size, access=mmap.ACCESS_READ)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        fp.seek(0)
+        return fp.read(size)
+
+
+def _check_preamble(fp: BinaryIO) -> None:
     fp.seek(0)
     head = fp.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
         raise InvalidDicom("not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
+
+
+def read_transfer_syntax(buf, size: int) -> tuple[UID, int]:
+    """The transfer syntax named in the file meta, and where the data set starts."""
+    start, meta = dicomwalk.read_meta(buf, size)
+    raw = meta.get(0x00020010)
+    if not raw or not raw.strip(b"\x00 "):
+        raise InvalidDicom("missing TransferSyntaxUID in the file meta information")
+    ts = UID(check_uid(raw.decode("ascii", "replace").strip("\x00 "), "TransferSyntaxUID"))
+    return ts, start
+
+
+def _encoding(ts: UID) -> dicomwalk.Encoding:
+    if ts == pydicom.uid.ImplicitVRLittleEndian:
+        return dicomwalk.IMPLICIT_LE
+    return dicomwalk.Encoding(True, ts != pydicom.uid.ExplicitVRBigEndian)
+
+
+def _walk_limits() -> dict:
+    return {
+        "max_items": limit("ARCHIVE_MAX_SEQUENCE_ITEMS", 10_000),
+        "max_elements": limit("ARCHIVE_MAX_ELEMENTS", 200_000),
+        "max_depth": limit("ARCHIVE_MAX_SEQUENCE_DEPTH", 16),
+    }
+
+
+def _parse(fp: BinaryIO, size: int) -> ParsedDicom:
+    _check_preamble(fp)
+    buf = _buffer(fp, size)
+    try:
+        ts, start = read_transfer_syntax(buf, size)
+        if not ts.is_transfer_syntax:
+            raise InvalidDicom(f"unsupported transfer syntax {ts}: not a known DICOM transfer syntax",
+                               TRANSFER_SYNTAX_NOT_SUPPORTED)
+        if ts in DEFLATED_SYNTAXES:
+            raise InvalidDicom("deflated data set was not inflated before parsing", PROCESSING_FAILURE)
+        enc = _encoding(ts)
+        dicomwalk.check_encoding(buf, size, start, enc, ts.name)
+        walked = dicomwalk.walk(buf, size, start, enc, **_walk_limits())
+        return _parse_walked(fp, buf, size, ts, walked)
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+
+
+def _parse_walked(fp: BinaryIO, buf, size: int, ts: UID, walked: dicomwalk.Walk) -> ParsedDicom:
     fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -117,49 +188,33 @@ def _parse(fp: BinaryIO, size: int) -> ParsedDicom:
         raise InvalidDicom(f"file is truncated: {exc or 'unexpected end of file'}") from None
     except Exception as exc:  # pydicom raises many kinds on corrupt headers
         raise InvalidDicom(f"corrupt DICOM header: {type(exc).__name__}: {exc}") from None
-    header_end = fp.tell()
 
-    meta = getattr(ds, "file_meta", None)
-    ts_raw = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    if not ts_raw:
-        raise InvalidDicom("missing TransferSyntaxUID in the file meta information")
-    ts = UID(check_uid(ts_raw, "TransferSyntaxUID"))
-    little_endian = ts != pydicom.uid.ExplicitVRBigEndian
     uids = {kw: check_uid(ds.get(kw), kw) for kw in REQUIRED_UIDS}
-
-    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
-    bits_allocated = _int(ds, "BitsAllocated")
-    frames = _int(ds, "NumberOfFrames") or 1
-    if ts in DEFLATED_SYNTAXES:
-        offset, length = None, _deflated_pixel_length(fp)
-    else:
-        offset, length = _pixel_data_location(fp, header_end, size, ts, little_endian)
-    if length is None and header_end >= size:
-        fp.seek(max(0, size - 12))
-        if b"\xe0\x7f\x10\x00" in fp.read(12):  # the file stops inside the pixel data header
-            raise InvalidDicom("file is truncated inside the pixel data element header")
-    if length is None:
+    _check_identity(ds.file_meta, uids)
+    pixel = walked.pixel
+    if pixel is None:
         raise InvalidDicom(
             "no pixel data: only image objects are archived (SR, RT structures, "
             "presentation states and the like are not)",
             DOES_NOT_MATCH_SOP_CLASS,
         )
-    if not rows or not columns or not bits_allocated:
+    image = _image(ds, pixel.tag, uids["SOPClassUID"])
+    implied = _implied_bytes(ds, image, pixel.tag)
+    cap = limit("ARCHIVE_MAX_DECODED_BYTES", 1024 ** 3)
+    if implied > cap:
         raise InvalidDicom(
-            "image attributes missing: Rows, Columns and BitsAllocated are required", DOES_NOT_MATCH_SOP_CLASS
+            f"image attributes imply {implied // 2**20} MB of pixel data, more than the limit of "
+            f"{cap // 2**20} MB", OUT_OF_RESOURCES,
         )
-
-    if ts in NATIVE_SYNTAXES or ts in DEFLATED_SYNTAXES:
-        expected = _native_pixel_bytes(ds, rows, columns, bits_allocated, frames)
-        # Trailing padding after the last frame is harmless (readers ignore it); too few bytes is not.
-        if length < expected:
-            raise InvalidDicom(
-                f"pixel data is {length} bytes but Rows×Columns×Samples×BitsAllocated×Frames "
-                f"({rows}×{columns}×{_int(ds, 'SamplesPerPixel') or 1}×{bits_allocated}×{frames}) "
-                f"needs {expected}"
-            )
+    if pixel.encapsulated:
+        if ts in NATIVE_SYNTAXES:
+            raise InvalidDicom("pixel data is encapsulated but the transfer syntax is uncompressed")
+        pixelframes.check_frames(buf, pixel.fragments, ts, image)
+        _check_compressed_decodes(fp, ts, image.frames)
     else:
-        _check_compressed_decodes(fp, ts)
+        if ts not in NATIVE_SYNTAXES:
+            raise InvalidDicom(f"the transfer syntax {ts.name} is compressed but the pixel data is not encapsulated")
+        _check_native_length(pixel.length, implied, image)
 
     return ParsedDicom(
         study_uid=uids["StudyInstanceUID"],
@@ -167,93 +222,268 @@ def _parse(fp: BinaryIO, size: int) -> ParsedDicom:
         sop_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
         transfer_syntax_uid=str(ts),
-        rows=rows,
-        columns=columns,
-        bits_allocated=bits_allocated,
-        samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
-        number_of_frames=frames,
-        pixel_data_offset=offset,
-        pixel_data_length=length,
+        rows=image.rows,
+        columns=image.columns,
+        bits_allocated=image.bits_allocated,
+        samples_per_pixel=image.samples,
+        number_of_frames=image.frames,
+        pixel_data_offset=pixel.value_offset,
+        pixel_data_length=pixel.length,
         study=_study_attributes(ds),
-        series=_series_attributes(ds, rows, columns),
+        series=_series_attributes(ds, image.rows, image.columns),
         instance=_instance_attributes(ds),
     )
 
 
-def _pixel_data_location(
-    fp: BinaryIO, pos: int, size: int, ts: UID, little: bool
-) -> tuple[int | None, int | None]:
-    """(offset of the pixel data value, its length) read from the element header at ``pos``.
-
-    Length is None when the file has no pixel data element. For encapsulated data the length is
-    the bytes from the value start to the end of the file (fragments are parsed later).
-    """
-    fp.seek(pos)
-    header = fp.read(12)
-    if len(header) < 4:
-        return None, None
-    group, elem = struct.unpack("<HH" if little else ">HH", header[:4])
-    tag = (group << 16) | elem
-    if tag not in PIXEL_DATA_TAGS:
-        return None, None
-    # The VR says how the element is really encoded: some writers declare an explicit-VR transfer
-    # syntax and write implicit VR (pydicom reads both).
-    implicit = not (header[4:6].isalpha() and header[4:6].isupper())
-    if len(header) < (8 if implicit else 12):
-        raise InvalidDicom("file is truncated inside the pixel data element header")
-    if implicit:
-        (length,) = struct.unpack("<L", header[4:8])
-        value_offset = pos + 8
-    else:
-        (length,) = struct.unpack("<L" if little else ">L", header[8:12])
-        value_offset = pos + 12
-    if length == 0xFFFFFFFF:  # encapsulated (compressed) pixel data
-        if ts in NATIVE_SYNTAXES:
-            raise InvalidDicom("pixel data is encapsulated but the transfer syntax is uncompressed")
-        return value_offset, size - value_offset
-    if value_offset + length > size:
-        raise InvalidDicom(
-            f"file is truncated: pixel data declares {length} bytes but only {size - value_offset} remain"
-        )
-    return value_offset, length
+def _check_identity(meta, uids: dict[str, str]) -> None:
+    """The file meta names the same object as the data set; the object is not its own study/series."""
+    for meta_kw, kw in (("MediaStorageSOPInstanceUID", "SOPInstanceUID"), ("MediaStorageSOPClassUID", "SOPClassUID")):
+        value = str(meta.get(meta_kw, "") or "").strip().rstrip("\x00")
+        if value and value != uids[kw]:
+            raise InvalidDicom(
+                f"file meta {meta_kw} {value} differs from the data set's {kw} {uids[kw]}",
+                DOES_NOT_MATCH_SOP_CLASS,
+            )
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if uids["SOPInstanceUID"] == uids[kw]:
+            raise InvalidDicom(f"SOPInstanceUID equals the {kw}: an instance needs its own UID",
+                               DOES_NOT_MATCH_SOP_CLASS)
+    if uids["StudyInstanceUID"] == uids["SeriesInstanceUID"]:
+        raise InvalidDicom("SeriesInstanceUID equals the StudyInstanceUID", DOES_NOT_MATCH_SOP_CLASS)
 
 
-def _deflated_pixel_length(fp: BinaryIO) -> int | None:
-    fp.seek(0)
+def _required_int(ds, keyword: str, *, low: int, high: int) -> int:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        raise InvalidDicom(f"image attribute {keyword} is missing", DOES_NOT_MATCH_SOP_CLASS)
     try:
-        ds = pydicom.dcmread(fp)
-    except Exception as exc:
-        raise InvalidDicom(f"corrupt deflated DICOM file: {exc}") from None
-    for keyword in PIXEL_DATA_TAGS.values():
-        if keyword in ds:
-            return len(ds[keyword].value)
-    return None
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidDicom(f"image attribute {keyword} is {str(value)[:32]!r}, not a number",
+                           DOES_NOT_MATCH_SOP_CLASS) from None
+    if not low <= number <= high:
+        raise InvalidDicom(f"image attribute {keyword} is {number}, outside {low}..{high}", DOES_NOT_MATCH_SOP_CLASS)
+    return number
 
 
-def _native_pixel_bytes(ds, rows: int, columns: int, bits_allocated: int, frames: int) -> int:
-    samples = _int(ds, "SamplesPerPixel") or 1
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+def _image(ds, pixel_tag: int, sop_class_uid: str) -> pixelframes.Image:
+    """The Image Pixel module, checked for consistency (PS3.3 C.7.6.3)."""
+    rows = _required_int(ds, "Rows", low=1, high=65535)
+    columns = _required_int(ds, "Columns", low=1, high=65535)
+    frames = _required_int(ds, "NumberOfFrames", low=1, high=2**31) if "NumberOfFrames" in ds else 1
+    samples = _required_int(ds, "SamplesPerPixel", low=1, high=3) if "SamplesPerPixel" in ds else 1
+    if samples == 2:
+        raise InvalidDicom("image attribute SamplesPerPixel is 2, which is not 1 or 3", DOES_NOT_MATCH_SOP_CLASS)
+    bits_allocated = _required_int(ds, "BitsAllocated", low=1, high=64)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if not photometric:
+        raise InvalidDicom("image attribute PhotometricInterpretation is missing", DOES_NOT_MATCH_SOP_CLASS)
+    if photometric not in PHOTOMETRIC_INTERPRETATIONS:
+        raise InvalidDicom(f"unknown PhotometricInterpretation {photometric[:32]!r}", DOES_NOT_MATCH_SOP_CLASS)
+    if pixel_tag != 0x7FE00010:  # float / double float pixel data: no BitsStored, HighBit or sign
+        if bits_allocated != (32 if pixel_tag == 0x7FE00008 else 64):
+            raise InvalidDicom(f"BitsAllocated {bits_allocated} does not match {PIXEL_DATA_TAGS[pixel_tag]}",
+                               DOES_NOT_MATCH_SOP_CLASS)
+        return pixelframes.Image(rows, columns, frames, samples, bits_allocated)
+    binary_seg = (bits_allocated == 1 and sop_class_uid == SEGMENTATION_STORAGE
+                  and str(ds.get("SegmentationType", "")).upper() == "BINARY")
+    if bits_allocated not in (8, 16, 32) and not binary_seg:
+        raise InvalidDicom(
+            f"BitsAllocated is {bits_allocated}; the archive takes 8, 16 or 32 (1 only for binary segmentations)",
+            DOES_NOT_MATCH_SOP_CLASS,
+        )
+    bits_stored = _required_int(ds, "BitsStored", low=1, high=64)
+    if bits_stored > bits_allocated:
+        raise InvalidDicom(f"BitsStored {bits_stored} is more than BitsAllocated {bits_allocated}",
+                           DOES_NOT_MATCH_SOP_CLASS)
+    high_bit = _required_int(ds, "HighBit", low=0, high=63)
+    if high_bit != bits_stored - 1:
+        raise InvalidDicom(f"HighBit {high_bit} is not BitsStored − 1 ({bits_stored - 1})", DOES_NOT_MATCH_SOP_CLASS)
+    _required_int(ds, "PixelRepresentation", low=0, high=1)
+    if photometric == "PALETTE COLOR":
+        _check_palette(ds)
+    if photometric.startswith("MONOCHROME") or photometric == "PALETTE COLOR":
+        if samples != 1:
+            raise InvalidDicom(f"{photometric} needs SamplesPerPixel 1, not {samples}", DOES_NOT_MATCH_SOP_CLASS)
+    elif samples != 3:
+        raise InvalidDicom(f"{photometric} needs SamplesPerPixel 3, not {samples}", DOES_NOT_MATCH_SOP_CLASS)
+    return pixelframes.Image(rows, columns, frames, samples, bits_allocated)
+
+
+def _check_palette(ds) -> None:
+    for color in ("Red", "Green", "Blue"):
+        descriptor = ds.get(f"{color}PaletteColorLookupTableDescriptor")
+        data = ds.get(f"{color}PaletteColorLookupTableData") or ds.get(f"Segmented{color}PaletteColorLookupTableData")
+        if descriptor is None or data is None:
+            raise InvalidDicom(
+                f"PALETTE COLOR image without its {color.lower()} palette lookup table (descriptor and data)",
+                DOES_NOT_MATCH_SOP_CLASS,
+            )
+
+
+def _implied_bytes(ds, image: pixelframes.Image, pixel_tag: int) -> int:
+    """Bytes of native pixel data that Rows × Columns × frames × samples × bits imply."""
+    samples = image.samples
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
         samples = 2  # two samples per pixel after chroma subsampling
-    bits = rows * columns * samples * frames * bits_allocated
+    bits = image.rows * image.columns * samples * image.frames * image.bits_allocated
     return (bits + 7) // 8
 
 
-def _check_compressed_decodes(fp: BinaryIO, ts: UID) -> None:
+def _check_native_length(length: int, expected: int, image: pixelframes.Image) -> None:
+    if length == expected or (expected % 2 and length == expected + 1):  # one pad byte to an even length
+        return
+    product = f"{image.rows}×{image.columns}×{image.samples}×{image.bits_allocated}×{image.frames}"
+    raise InvalidDicom(
+        f"pixel data is {length} bytes but Rows×Columns×Samples×BitsAllocated×Frames ({product}) "
+        f"needs {expected}" + (" (too long)" if length > expected else " (too short)")
+    )
+
+
+def _check_compressed_decodes(fp: BinaryIO, ts: UID, frames: int) -> None:
     try:
-        decoder = get_decoder(ts) if ts.is_transfer_syntax else None
+        decoder = get_decoder(ts)
     except NotImplementedError:  # pydicom knows no decoder at all for this syntax
         decoder = None
     if decoder is None or not decoder.is_available:
         raise InvalidDicom(
-            f"unsupported transfer syntax {ts.name if ts.is_transfer_syntax else ts} ({ts}): "
-            "no decoder is installed for it",
+            f"unsupported transfer syntax {ts.name} ({ts}): no decoder is installed for it",
             TRANSFER_SYNTAX_NOT_SUPPORTED,
         )
-    fp.seek(0)
+    # Every frame's header was checked against the attributes; decode the first and the last
+    # frame (each at most Rows × Columns × samples × bytes) to prove the codec reads them.
+    for index in sorted({0, frames - 1}):
+        fp.seek(0)
+        try:
+            pixel_array(fp, index=index)
+        except Exception as exc:
+            raise InvalidDicom(f"compressed pixel data ({ts.name}) frame {index + 1} cannot be decoded: {exc}") from None
+
+
+# --- deflated transfer syntax -------------------------------------------------------------------
+
+
+def is_deflated(fp: BinaryIO, size: int) -> bool:
+    """True when ``fp`` is a DICOM file whose file meta names the deflated transfer syntax."""
     try:
-        pixel_array(fp, index=0)  # decode the first frame only
-    except Exception as exc:
-        raise InvalidDicom(f"compressed pixel data ({ts.name}) cannot be decoded: {exc}") from None
+        _check_preamble(fp)
+        buf = _buffer(fp, size)
+        try:
+            ts, _ = read_transfer_syntax(buf, size)
+        finally:
+            if isinstance(buf, mmap.mmap):
+                buf.close()
+    except InvalidDicom:
+        return False
+    return ts in DEFLATED_SYNTAXES
+
+
+def inflate_deflated(src: BinaryIO, size: int, out: BinaryIO) -> int:
+    """Write ``src`` (Deflated Explicit VR Little Endian) to ``out`` as Explicit VR Little Endian
+    with a zeroed preamble; return the bytes written.
+
+    Inflation is streamed with hard caps, so a small file cannot inflate into a large one: first
+    at most ARCHIVE_MAX_HEADER_BYTES to read the image attributes, then the whole data set up to
+    the size those attributes imply (plus the pad byte and a small allowance for trailing
+    elements). Everything else is checked afterwards by ``parse_dicom`` on the result.
+    """
+    _check_preamble(src)
+    buf = _buffer(src, size)
+    try:
+        _, start = read_transfer_syntax(buf, size)
+        src.seek(0)
+        meta = pydicom.filereader._read_file_meta_info(_skip_preamble(src))
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+    header_cap = limit("ARCHIVE_MAX_HEADER_BYTES", 16 * 2**20)
+    head = _inflate(src, start, size, cap=header_cap, stop_at_cap=True)
+    pixel_at = _pixel_tag_offset(head, header_cap)
+    if pixel_at is None:
+        cap = len(head)  # no pixel data: parse_dicom will say so
+    else:
+        ds = pydicom.filereader.read_dataset(io.BytesIO(head[:pixel_at]), False, True)
+        tag = struct.unpack_from("<HH", head, pixel_at)
+        image = _image(ds, (tag[0] << 16) | tag[1], str(ds.get("SOPClassUID", "")))
+        implied = _implied_bytes(ds, image, (tag[0] << 16) | tag[1])
+        cap = pixel_at + 12 + implied + 1 + TRAILER_ALLOWANCE
+        if implied > limit("ARCHIVE_MAX_DECODED_BYTES", 1024 ** 3):
+            raise InvalidDicom(f"image attributes imply {implied // 2**20} MB of pixel data, more than the limit",
+                               OUT_OF_RESOURCES)
+    del head
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    out.seek(0)
+    out.truncate()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_meta = DicomFileLike(out)
+    write_meta.is_little_endian, write_meta.is_implicit_VR = True, False
+    pydicom.filewriter.write_file_meta_info(write_meta, meta, enforce_standard=True)
+    written = out.tell()
+    return written + _inflate(src, start, size, cap=cap, out=out)
+
+
+def _skip_preamble(fp: BinaryIO) -> BinaryIO:
+    fp.seek(132)
+    return fp
+
+
+def _inflate(src: BinaryIO, start: int, size: int, *, cap: int, out: BinaryIO | None = None,
+             stop_at_cap: bool = False):
+    """Raw-deflate stream from ``start``: into ``out`` (returns the byte count) or into memory
+    (returns the bytes). Never holds or writes more than ``cap`` inflated bytes."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    kept, total = [], 0
+    src.seek(start)
+    remaining = size - start
+    pending = b""
+    try:
+        while True:
+            if not pending:
+                if remaining <= 0 or inflater.eof:
+                    break
+                pending = src.read(min(INFLATE_CHUNK, remaining))
+                remaining -= len(pending)
+                if not pending:
+                    break
+            chunk = inflater.decompress(pending, min(INFLATE_CHUNK, cap + 1 - total))
+            pending = inflater.unconsumed_tail
+            total += len(chunk)
+            if total > cap:
+                if stop_at_cap:
+                    kept.append(chunk[: len(chunk) - (total - cap)])
+                    return b"".join(kept)
+                raise InvalidDicom(
+                    f"deflated data set inflates past the {cap} bytes its image attributes imply "
+                    "(decompression bomb?)", OUT_OF_RESOURCES,
+                )
+            if out is None:
+                kept.append(chunk)
+            else:
+                out.write(chunk)
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise InvalidDicom(f"corrupt deflated data set: {exc}") from None
+    if not inflater.eof:
+        raise InvalidDicom("deflated data set is truncated (the deflate stream does not end)")
+    if inflater.unused_data or pending or remaining > 0:
+        raise InvalidDicom("bytes trail after the deflated data set")
+    return b"".join(kept) if out is None else total
+
+
+def _pixel_tag_offset(head: bytes, header_cap: int) -> int | None:
+    """Offset in the inflated ``head`` of the top-level pixel data element, or None if none."""
+    size = len(head)
+    try:
+        walked = dicomwalk.find_pixel_element(head, size)
+    except dicomwalk.Truncated:
+        if size >= header_cap:
+            raise InvalidDicom(
+                f"deflated data set's header is larger than the limit of {header_cap // 2**20} MB",
+                OUT_OF_RESOURCES,
+            ) from None
+        raise InvalidDicom("deflated data set is truncated before its pixel data") from None
+    return walked
 
 
 def _int(ds, keyword: str) -> int | None:

@@ -23,6 +23,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from ml import volumes
 from webapp import jobs
 from webapp.accounts.services import audit
 
@@ -33,15 +34,20 @@ from .dicomfile import (
     PROCESSING_FAILURE,
     InvalidDicom,
     ParsedDicom,
+    inflate_deflated,
+    is_deflated,
     parse_dicom,
 )
-from .models import Instance, Series, Study, UploadBatch, UploadItem
+from . import quarantine
+from .identity import IdentityMismatch, check_identity
+from .models import Instance, ReviewStatus, Series, Study, UploadBatch, UploadItem
 from .rendering import thumbnail_png
 from .storage import archive_storage
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 STAGE_GROUP = 64  # files staged, then made durable together
+PREAMBLE_BYTES = 128  # zeroed in every stored file
 # Modalities whose (non-localizer) images in one series must share one geometry. MR is left out:
 # a 3-plane localizer or a multi-orientation series is normal there.
 VOLUME_MODALITIES = {"CT"}
@@ -220,7 +226,11 @@ def _ingest_zip(batch, fp: BinaryIO, name: str, *, actor=None, request=None) -> 
         if entry.skip_reason:
             kind = Outcome.REJECTED if entry.unsafe else Outcome.SKIPPED
             outcomes.append(_record(batch, FileOutcome(f"{name}/{entry.name}", kind, entry.skip_reason, entry.size), actor, request))
-    readable = (e for e in entries if not e.skip_reason)
+    readable = [e for e in entries if not e.skip_reason]
+    if not readable:
+        reason = "no DICOM files in the zip" + (" (only skipped or refused entries)" if entries else "")
+        outcomes.append(_record(batch, FileOutcome(name, Outcome.REJECTED, reason), actor, request))
+        return outcomes
     outcomes.extend(ingest_streams(batch, _opened(name, readable), actor=actor, request=request))
     return outcomes
 
@@ -292,7 +302,10 @@ def _stage(name: str, stream: BinaryIO, expected_study_uid: str | None) -> _Stag
         with os.fdopen(fd, "w+b") as tmp:
             staged.size, staged.sha256 = _spool(stream, tmp, settings.ARCHIVE_MAX_FILE_BYTES)
             tmp.flush()
-            staged.parsed = parse_dicom(tmp, staged.size)
+            if is_deflated(tmp, staged.size):
+                _inflate_staged(staged, tmp)
+            else:
+                staged.parsed = parse_dicom(tmp, staged.size)
         if expected_study_uid and staged.parsed.study_uid != expected_study_uid:
             raise InvalidDicom(
                 f"instance belongs to study {staged.parsed.study_uid}, not to {expected_study_uid} named in the request",
@@ -300,11 +313,29 @@ def _stage(name: str, stream: BinaryIO, expected_study_uid: str | None) -> _Stag
             )
     except InvalidDicom as exc:
         staged.error = exc
-        staged.size = os.path.getsize(tmp_path) if os.path.exists(tmp_path) else 0
+        staged.size = os.path.getsize(staged.tmp_path) if os.path.exists(staged.tmp_path) else 0
     except BaseException:
-        Path(tmp_path).unlink(missing_ok=True)
+        Path(staged.tmp_path).unlink(missing_ok=True)
         raise
     return staged
+
+
+def _inflate_staged(staged: _Staged, deflated: BinaryIO) -> None:
+    """Replace a staged deflated file by its inflated Explicit VR Little Endian form (streamed,
+    capped by its image attributes), then validate and hash that: the archive stores what every
+    reader serves, and an identical re-send hashes the same."""
+    fd, inflated_path = archive_storage().incoming_file()
+    Path(staged.tmp_path).unlink(missing_ok=True)
+    staged.tmp_path = inflated_path
+    with os.fdopen(fd, "w+b") as out:
+        staged.size = inflate_deflated(deflated, staged.size, out)
+        out.flush()
+        out.seek(0)
+        digest = hashlib.sha256()
+        while chunk := out.read(CHUNK):
+            digest.update(chunk)
+        staged.sha256 = digest.hexdigest()
+        staged.parsed = parse_dicom(out, staged.size)
 
 
 def _commit_group(batch, staged: list[_Staged], actor, request) -> list[FileOutcome]:
@@ -314,7 +345,7 @@ def _commit_group(batch, staged: list[_Staged], actor, request) -> list[FileOutc
         try:
             if item.error is not None:
                 raise item.error
-            outcome = _store(item.parsed, item.tmp_path, item.name, item.size, item.sha256)
+            outcome = _store(item.parsed, item.tmp_path, item.name, item.size, item.sha256, batch=batch)
         except InvalidDicom as exc:
             parsed = item.parsed
             outcome = FileOutcome(
@@ -363,8 +394,13 @@ def _syncfs(directory: str) -> bool:
 
 
 def _spool(stream: BinaryIO, out: BinaryIO, limit: int) -> tuple[int, str]:
+    """Copy ``stream`` to ``out`` with the 128-byte preamble zeroed (a preamble can make a DICOM
+    file an executable too: CVE-2019-11687); return the size and the SHA-256 of what was written."""
     digest, size = hashlib.sha256(), 0
     while chunk := stream.read(CHUNK):
+        if size < PREAMBLE_BYTES:
+            zeroed = min(len(chunk), PREAMBLE_BYTES - size)
+            chunk = b"\x00" * zeroed + chunk[zeroed:]
         size += len(chunk)
         if size > limit:
             raise InvalidDicom(f"file is larger than the limit of {limit // (1024 * 1024)} MB", OUT_OF_RESOURCES)
@@ -373,7 +409,8 @@ def _spool(stream: BinaryIO, out: BinaryIO, limit: int) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str) -> FileOutcome:
+def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str, *,
+           batch: UploadBatch | None = None) -> FileOutcome:
     def outcome(kind, reason="", series_id=None, instance_id=None, failure_code=None):
         return FileOutcome(
             name, kind, reason, size, parsed.study_uid, parsed.series_uid, parsed.sop_uid, series_id, instance_id,
@@ -389,6 +426,10 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
     try:
         with transaction.atomic():
             study, study_created = _study_for(parsed)
+            if study.review_status == ReviewStatus.SIGNED_OFF:
+                # A signed-off read never changes under the reader: held for an admin (see quarantine).
+                held = quarantine.hold(study, parsed, tmp_path, name, size, sha256, batch)
+                return outcome(Outcome.QUARANTINED, held.reason)
             series = _series_for(study, parsed)
             instance = Instance.objects.create(
                 series=series,
@@ -413,6 +454,14 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
             # so no other request can own this path while we may still have to remove it.
             placed = True
             storage.commit_incoming(tmp_path, relpath)
+    except IdentityMismatch as exc:
+        # The sender is told which attributes differ, never the stored values; admins get the ids.
+        log.warning("identity mismatch: instance %s for study %s (%s)", parsed.sop_uid, parsed.study_uid, ", ".join(exc.fields))
+        audit(batch.created_by if batch is not None else None, "archive.instance.identity_mismatch",
+              object_type="study", object_id=parsed.study_uid,
+              details={"sop_uid": parsed.sop_uid, "series_uid": parsed.series_uid, "fields": exc.fields,
+                       "batch": batch.pk if batch is not None else None})
+        raise
     except IntegrityError:
         # Another request stored the same instance between our check and our insert (the insert
         # fails before our file is placed, so the other request's file is left alone).
@@ -439,18 +488,22 @@ def _duplicate_or_conflict(existing: tuple[str, int, int], sha256: str, outcome)
 
 
 def _study_for(parsed: ParsedDicom) -> tuple[Study, bool]:
+    """The study the instance joins (created by its first instance). An existing study's row is
+    locked, so a sign-off cannot slip between this check and the instance's commit, and the
+    instance's patient identity must match it (:mod:`.identity`; the refusal does not reveal the
+    stored patient)."""
     study, created = Study.objects.get_or_create(study_uid=parsed.study_uid, defaults=parsed.study)
-    new_patient = parsed.study["patient_id"]
-    if not created and study.patient_id and new_patient and study.patient_id != new_patient:
-        raise InvalidDicom(
-            f"study {parsed.study_uid} is stored for patient ID {study.patient_id!r} "
-            f"but this file says {new_patient!r}",
-            DOES_NOT_MATCH_SOP_CLASS,
-        )
+    if not created:
+        study = Study.objects.select_for_update().get(pk=study.pk)
+        check_identity(study, parsed.study)
     return study, created
 
 
 def _series_for(study: Study, parsed: ParsedDicom) -> Series:
+    """The series row for this file. A CT image whose geometry differs from its series is stored
+    whole all the same: ``prepare_series`` flags the series (``geometry_warnings``) and the volume
+    builder leaves the odd image out or refuses the volume with the reason."""
+    _keep_image_geometry(parsed)
     series, created = Series.objects.get_or_create(
         series_uid=parsed.series_uid, defaults={"study": study, **parsed.series}
     )
@@ -465,14 +518,29 @@ def _series_for(study: Study, parsed: ParsedDicom) -> Series:
         )
     if series.modality in VOLUME_MODALITIES and not parsed.is_localizer:
         problems = _geometry_conflicts(series, parsed.series)
-        if problems and series.instances.exclude(image_type__icontains="LOCALIZER").exists():
-            raise InvalidDicom("inconsistent series geometry: " + "; ".join(problems), DOES_NOT_MATCH_SOP_CLASS)
-        if problems:
+        if problems and not series.instances.exclude(image_type__icontains="LOCALIZER").exists():
             # The series so far holds only localizers: its geometry comes from this first slice.
             for field in GEOMETRY_FIELDS:
                 setattr(series, field, parsed.series[field])
             series.save(update_fields=[*GEOMETRY_FIELDS, "updated_at"])
+        elif problems:
+            log.info("series %s: image %s stored with a differing geometry (%s); flagged when prepared",
+                     series.pk, parsed.sop_uid, "; ".join(problems))
     return series
+
+
+def _keep_image_geometry(parsed: ParsedDicom) -> None:
+    """Each image keeps its own PixelSpacing and FrameOfReferenceUID (the series row has the first
+    image's); JSON columns get None for non-finite values (PostgreSQL's jsonb refuses NaN), which the
+    geometry checks report as missing or not finite."""
+    def finite_or_none(values):
+        return values if values is not None and all(np.isfinite(v) for v in values) else None
+
+    row, col = parsed.series.get("pixel_spacing_row_mm"), parsed.series.get("pixel_spacing_col_mm")
+    parsed.instance["pixel_spacing_mm"] = finite_or_none([row, col]) if row is not None and col is not None else None
+    parsed.instance["frame_of_reference_uid"] = parsed.series.get("frame_of_reference_uid", "")
+    parsed.instance["image_orientation"] = finite_or_none(parsed.instance.get("image_orientation"))
+    parsed.series["image_orientation"] = finite_or_none(parsed.series.get("image_orientation"))
 
 
 def _geometry_conflicts(series: Series, new: dict) -> list[str]:
@@ -481,11 +549,13 @@ def _geometry_conflicts(series: Series, new: dict) -> list[str]:
         problems.append(f"matrix {new['rows']}×{new['columns']}, the series is {series.rows}×{series.columns}")
     for field, label in (("pixel_spacing_row_mm", "row spacing"), ("pixel_spacing_col_mm", "column spacing")):
         a, b = getattr(series, field), new[field]
-        if a is not None and b is not None and abs(a - b) > 1e-3:
+        if a is not None and b is not None and not abs(a - b) <= 1e-3:
             problems.append(f"{label} {b} mm, the series has {a} mm")
     a, b = series.image_orientation, new["image_orientation"]
     if a and b and max(abs(x - y) for x, y in zip(a, b)) > 1e-3:
         problems.append("a different ImageOrientationPatient")
+    if series.frame_of_reference_uid != new.get("frame_of_reference_uid", series.frame_of_reference_uid):
+        problems.append("another FrameOfReferenceUID")
     return problems
 
 
@@ -525,56 +595,74 @@ def series_still_arriving(series_id: int, quiet_seconds: float) -> bool:
 
 
 def prepare_series(series_id: int) -> Series:
-    """Measure the series geometry from its instances and render its thumbnail. Safe to repeat."""
+    """Check and measure the series geometry from its instances (``geometry_warnings``, slice
+    spacing, the majority's matrix, pixel spacing and orientation) and render its thumbnail.
+    Safe to repeat."""
     series = Series.objects.select_related("study").get(pk=series_id)
-    instances = list(series.instances.all())
+    instances = list(series.instances.order_by("instance_number", "pk"))
     if not instances:
         return series
-    ordered, spacing, notes = sort_along_normal(instances)
+    plan, warnings = volumes.assess_geometry([image_geometry(i) for i in instances])
+    fields: dict = {"geometry_warnings": warnings, "slice_spacing_mm": None}
+    if plan is not None:
+        ordered = [instances[i] for i in plan.order]
+        first = ordered[0]
+        if len(ordered) > 1:
+            fields["slice_spacing_mm"] = plan.spacing_zyx_mm[0]
+        fields.update(rows=plan.shape_zyx[1], columns=plan.shape_zyx[2], pixel_spacing_row_mm=plan.spacing_zyx_mm[1],
+                      pixel_spacing_col_mm=plan.spacing_zyx_mm[2], image_orientation=first.image_orientation,
+                      frame_of_reference_uid=first.frame_of_reference_uid or series.frame_of_reference_uid)
+    else:
+        ordered = instances
+    if warnings:
+        log.warning("series %s geometry: %s", series.pk, " ".join(warnings))
     middle = ordered[len(ordered) // 2]
     storage = archive_storage()
     png = thumbnail_png(storage.path(middle.file_path))
     thumb_name = f"thumbnails/{series.series_uid}.png"
     storage.save(thumb_name, ContentFile(png))
-    Series.objects.filter(pk=series.pk).update(
-        slice_spacing_mm=spacing,
-        geometry_notes="\n".join(notes),
-        thumbnail=thumb_name,
-        prepared_at=timezone.now(),
-    )
+    Series.objects.filter(pk=series.pk).update(thumbnail=thumb_name, prepared_at=timezone.now(), **fields)
     series.refresh_from_db()
     return series
 
 
-def sort_along_normal(instances: Iterable[Instance]) -> tuple[list[Instance], float | None, list[str]]:
-    """Instances sorted by position along the slice normal, the median spacing (mm), and notes.
+def image_geometry(instance: Instance) -> volumes.SliceGeometry:
+    """The grid rule's view of a stored image (see ``ml.volumes.plan_grid``)."""
+    position = (instance.position_x_mm, instance.position_y_mm, instance.position_z_mm)
+    return volumes.SliceGeometry(
+        position_xyz_mm=None if None in position else position,
+        orientation=tuple(instance.image_orientation) if instance.image_orientation else None,
+        pixel_spacing_mm=tuple(instance.pixel_spacing_mm) if instance.pixel_spacing_mm else None,
+        rows=instance.rows,
+        columns=instance.columns,
+        frame_of_reference_uid=instance.frame_of_reference_uid,
+        frames=instance.number_of_frames,
+        localizer="LOCALIZER" in (instance.image_type or "").upper().split("\\"),
+    )
 
-    Falls back to InstanceNumber when positions or orientation are missing.
-    """
+
+def sort_along_normal(instances: Iterable[Instance]) -> tuple[list[Instance], float | None, list[str]]:
+    """Instances sorted by position along the (normalised) slice normal, the median spacing (mm),
+    and notes. Falls back to InstanceNumber when positions or orientation are missing or not finite."""
     instances = list(instances)
     notes: list[str] = []
-    with_pos = [i for i in instances if i.position_z_mm is not None and i.image_orientation]
-    if len(with_pos) != len(instances) or not instances:
-        notes.append("no ImagePositionPatient/ImageOrientationPatient on every image: ordered by InstanceNumber")
-        return sorted(instances, key=lambda i: (i.instance_number or 0, i.pk)), None, notes
-    iop = np.asarray(with_pos[0].image_orientation, dtype=float)
-    normal = np.cross(iop[:3], iop[3:])
-    distance = {
-        i.pk: float(np.dot(normal, [i.position_x_mm, i.position_y_mm, i.position_z_mm])) for i in instances
-    }
+    by_number = sorted(instances, key=lambda i: (i.instance_number or 0, i.pk))
+    positions = np.array([[i.position_x_mm, i.position_y_mm, i.position_z_mm] for i in instances], dtype=float).reshape(-1, 3)
+    try:
+        normal = volumes.unit_direction(by_number[0].image_orientation if instances else None)[:, 2]
+    except volumes.SeriesError:
+        normal = None
+    if normal is None or not np.all(np.isfinite(positions)):
+        notes.append("no finite ImagePositionPatient/ImageOrientationPatient on every image: ordered by InstanceNumber")
+        return by_number, None, notes
+    distance = {i.pk: float(p @ normal) for i, p in zip(instances, positions)}
     ordered = sorted(instances, key=lambda i: (distance[i.pk], i.instance_number or 0))
     if len(ordered) < 2:
         return ordered, None, notes
     steps = np.diff([distance[i.pk] for i in ordered])
-    duplicates = int(np.sum(steps < 1e-3))
-    moving = steps[steps >= 1e-3]
+    moving = steps[steps >= volumes.DUPLICATE_TOLERANCE_MM]
     spacing = float(np.median(moving)) if moving.size else None
+    duplicates = int(np.sum(steps < volumes.DUPLICATE_TOLERANCE_MM))
     if duplicates:
         notes.append(f"{duplicates} image(s) share a position with another image")
-    if spacing:
-        gaps = int(np.sum(moving > 1.5 * spacing))
-        if gaps:
-            notes.append(f"{gaps} gap(s) larger than 1.5× the slice spacing of {spacing:.3g} mm")
-        if not np.allclose(moving, spacing, rtol=0.05, atol=0.01):
-            notes.append("slice spacing is not uniform")
     return ordered, spacing, notes

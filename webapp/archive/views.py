@@ -167,7 +167,13 @@ def upload_batch_files(request, batch_id: int):
     outcomes = services.ingest_uploads(
         batch, [(name or f.name, f) for name, f in zip(names, files)], actor=request.user, request=request
     )
-    return JsonResponse({"results": [o.as_dict() for o in outcomes]})
+    body = {"results": [o.as_dict() for o in outcomes]}
+    kept = {services.Outcome.STORED, services.Outcome.DUPLICATE}
+    if any(o.outcome == services.Outcome.REJECTED for o in outcomes) and not any(o.outcome in kept for o in outcomes):
+        # Nothing of the request could be stored: a client error, with each file's reason in the body.
+        body["error"] = "Every file of this request was refused; see each file's reason."
+        return JsonResponse(body, status=422)
+    return JsonResponse(body)
 
 
 @require_POST
