@@ -7,6 +7,7 @@ Secrets may be given as FOO_FILE pointing at a file that holds the value.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -144,18 +145,24 @@ INSTALLED_APPS = [
     "webapp.viewer",
     "django_celery_beat",
     "webapp.training",
+    "axes",  # login throttling and lockout (AXES_* below)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "webapp.security.ContentSecurityPolicyMiddleware",  # CSP on every page (webapp/security.py)
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "webapp.accounts.middleware.SessionTimeoutMiddleware",  # idle timeout and maximum session age
+    "webapp.accounts.middleware.CurrentRequestMiddleware",  # who made a change, for the audit signals
+    "webapp.accounts.middleware.NoStoreMiddleware",  # Cache-Control: private, no-store unless a view sets one
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",  # every page needs a login
+    "axes.middleware.AxesMiddleware",  # answers a locked-out login with 429 (last, as django-axes asks)
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -191,11 +198,53 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- Content-Security-Policy (webapp/security.py) ------------------------------------------
+# No inline script anywhere: data reaches scripts through json_script / data- attributes. A view that
+# needs more says so itself (@csp_extend); CONTENT_SECURITY_POLICY_BY_PATH adds sources under a path.
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:", "blob:"],
+    "connect-src": ["'self'"],
+    "worker-src": ["'self'", "blob:"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "frame-ancestors": ["'none'"],
+    "form-action": ["'self'"],
+}
+CONTENT_SECURITY_POLICY_BY_PATH: dict[str, dict[str, list[str]]] = {}
+CONTENT_SECURITY_POLICY_REPORT_ONLY = envbool("CSP_REPORT_ONLY", False)  # only to trial a change
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
 # --- Auth -----------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out username before the password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+# Lockout: AXES_FAILURE_LIMIT failed logins for one username (from any address: behind a proxy every
+# client has the proxy's address) lock it for AXES_COOLOFF_MINUTES; a successful login resets the count.
+AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+# axes.W006 asks for the IP address as a lockout key too; behind nginx every client has the proxy's
+# address (one address's failures would lock out the whole hospital), so RadLoop locks usernames only.
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit log already
+AXES_VERBOSE = False
+# A session ends after this long without a request, and this long after its login however busy.
+SESSION_IDLE_TIMEOUT_SECONDS = envint("SESSION_IDLE_TIMEOUT_SECONDS", 30 * 60)
+SESSION_MAX_AGE_SECONDS = envint("SESSION_MAX_AGE_SECONDS", 12 * 3600)
+SESSION_COOKIE_AGE = SESSION_MAX_AGE_SECONDS
+# API tokens (create_api_token) are valid this many days unless --days says otherwise.
+API_TOKEN_DAYS = envint("API_TOKEN_DAYS", 90)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "archive:study_list"
 LOGOUT_REDIRECT_URL = "login"

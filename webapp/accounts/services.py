@@ -1,14 +1,19 @@
 """Roles, permission checks and the audit trail: written once, used by every app."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, User
 from django.core.cache import cache
 from django.db import transaction
 from django.http import HttpRequest
+from django.shortcuts import resolve_url
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 
-from .models import AuditEvent, Role
+from . import audit_chain
+from .models import AuditChainHead, AuditEvent, Role
 
 
 def has_role(user: AbstractBaseUser | AnonymousUser, *roles: str) -> bool:
@@ -91,6 +96,49 @@ def audit(
     )
 
 
+@dataclass
+class ChainCheck:
+    ok: bool
+    count: int  # entries verified (all of them when ok; those before the first broken one otherwise)
+    head_hash: str
+    problem: str = ""
+
+
+def verify_audit_chain() -> ChainCheck:
+    """Walk the audit log in chain order: numbers without gaps, each entry's hash recomputed from its
+    content and the previous hash, and the last entry equal to the chain head. Names the first fault."""
+    prev, expected, count = audit_chain.GENESIS_HASH, 1, 0
+    fields = ("id", "seq", "created_at", "actor_username", "action", "object_type", "object_id", "details",
+              "ip_address", "prev_hash", "entry_hash")
+    for event in AuditEvent.objects.order_by("seq").only(*fields).iterator(chunk_size=2000):
+        where = f"entry id={event.pk} (#{event.seq}, {event.action})"
+        if event.seq != expected:
+            return ChainCheck(False, count, prev, f"entries #{expected} to #{event.seq - 1} are missing, "
+                                                  f"before {where}")
+        if event.prev_hash != prev:
+            return ChainCheck(False, count, prev, f"{where} does not follow the entry before it "
+                                                  "(that entry was changed or removed)")
+        if audit_chain.hash_of(event, prev) != event.entry_hash:
+            return ChainCheck(False, count, prev, f"{where} was changed after it was written")
+        prev, expected, count = event.entry_hash, expected + 1, count + 1
+    head = AuditChainHead.objects.filter(pk=1).first()
+    head_seq, head_hash = (head.last_seq, head.last_hash) if head else (0, audit_chain.GENESIS_HASH)
+    if (head_seq, head_hash) != (count, prev):
+        return ChainCheck(False, count, prev, f"the chain head says #{head_seq} but the log ends at #{count}: "
+                                              "entries at the end were removed or the head was changed")
+    return ChainCheck(True, count, prev)
+
+
+def audit_read_once(request: HttpRequest, action: str, *, object_type: str, object_id, details: dict | None = None,
+                    window_seconds: int = 600) -> None:
+    """Audit a read once per user, object and action per ``window_seconds`` (a case list loads
+    25 thumbnails, a viewer 500 frames: one event says who saw which patient's data, and when)."""
+    key = f"audit:{action}:{request.user.pk}:{object_type}:{object_id}"
+    if cache.add(key, 1, window_seconds):
+        audit(request.user, action, object_type=object_type, object_id=str(object_id), details=details,
+              request=request)
+
+
 @transaction.atomic
 def ensure_user(username: str, password: str, role: str, *, email: str = "") -> tuple[User, bool]:
     """Create (or leave alone) a user with one role. Returns (user, created).
@@ -113,34 +161,60 @@ def ensure_role_groups() -> None:
 
 
 def user_for_token(key: str):
-    """The active user behind a bearer token, or None. Records when the token was last used."""
-    from django.utils import timezone
+    """The active user behind a usable bearer token (not revoked, not expired), or None.
 
+    Not cached: one indexed query per request, so a revocation or an expiry counts at once in
+    every process. Records when the token was last used (at most once a minute).
+    """
     from .models import ApiToken
 
     if not key.startswith(ApiToken.PREFIX) or len(key) > 100:
         return None
-    cache_key = f"token:{ApiToken.hash_key(key)}"
-    user = cache.get(cache_key)
-    if user is not None:
-        return user
+    now = timezone.now()
     token = (
         ApiToken.objects.select_related("user")
-        .filter(key_hash=ApiToken.hash_key(key), revoked_at__isnull=True, user__is_active=True)
+        .filter(key_hash=ApiToken.hash_key(key), revoked_at__isnull=True, expires_at__gt=now, user__is_active=True)
         .first()
     )
     if token is None:
         return None
-    now = timezone.now()
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    cache.set(cache_key, token.user, ROLE_CACHE_SECONDS)
     return token.user
 
 
-def revoke_token(token) -> None:
-    from django.utils import timezone
+def issue_token(user, name: str, *, days: int | None = None, actor=None, request=None):
+    """A new bearer token for ``user``; returns (row, secret). The secret is shown once, never stored."""
+    from .models import ApiToken
 
-    token.revoked_at = timezone.now()
-    token.save(update_fields=["revoked_at"])
-    cache.delete(f"token:{token.key_hash}")
+    with transaction.atomic():
+        token, key = ApiToken.issue(user, name, days=days)
+        audit(actor, "accounts.api_token.created", obj=token, request=request,
+              details={"user": user.get_username(), "name": token.name, "expires_at": token.expires_at.isoformat()})
+    return token, key
+
+
+def revoke_token(token, *, actor=None, request=None) -> bool:
+    """Revoke a token (effective at once: tokens are not cached). False if it was already revoked."""
+    from .models import ApiToken
+
+    with transaction.atomic():
+        changed = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        token.refresh_from_db(fields=["revoked_at"])
+        if changed:
+            audit(actor, "accounts.api_token.revoked", obj=token, request=request,
+                  details={"user": token.user.get_username(), "name": token.name})
+    return bool(changed)
+
+
+def safe_next(request: HttpRequest, fallback: str) -> str:
+    """The request's ``next`` (POST, then GET) if it points to this site, else ``fallback``.
+
+    ``//evil.example``, ``https://evil.example`` and other hosts or schemes are refused.
+    """
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return resolve_url(fallback)

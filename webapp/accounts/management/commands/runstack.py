@@ -15,7 +15,7 @@ import urllib.request
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from .ensure_demo_users import DEMO_USERS
+from .ensure_demo_users import DEMO_USERS, password_file
 
 
 class Command(BaseCommand):
@@ -79,8 +79,8 @@ class Command(BaseCommand):
                 f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}"
             )
             if options["demo_logins"]:
-                for username, password, role in DEMO_USERS:
-                    self.stdout.write(f"  log in as {role}: {username} / {password}")
+                names = ", ".join(f"{username} ({role.value})" for username, role in DEMO_USERS)
+                self.stdout.write(f"  demo logins: {names}; their passwords are in {password_file()}")
         exit_code = 0
         while not stopping:
             for name, proc in procs.items():
