@@ -185,10 +185,16 @@ def register_model_file(path: Path, *, name: str, parent: ModelVersion | None, f
     raise RegistryError("could not allocate a version number")
 
 
-def promote(model: ModelVersion, *, actor=None, reason: str = "", request=None, rollback: bool = False) -> ModelVersion:
+MIN_WRITTEN_REASON = 10  # characters an admin must write to promote a rejected version
+
+
+def promote(model: ModelVersion, *, actor=None, reason: str = "", request=None, rollback: bool = False,
+            written_reason: str = "") -> ModelVersion:
     """Make ``model`` the champion; the old champion is retired. New inference runs use it at once
     (queue_inference asks for the champion; a worker loads a model it has not cached). ``rollback``:
-    return to an earlier champion without recording the one left as its predecessor."""
+    return to an earlier champion without recording the one left as its predecessor.
+    A *rejected* version (lost the promotion rule, or an admin rejected it) is promoted only with an
+    admin's ``written_reason``, which the audit entry keeps."""
     if model.path.exists():  # (outside the transaction: the refusal's audit entry must stay)
         try:
             verify_model_file(model)
@@ -201,6 +207,10 @@ def promote(model: ModelVersion, *, actor=None, reason: str = "", request=None, 
         old = next((m for m in rows.values() if m.status == ModelVersion.Status.CHAMPION), None)
         if old is not None and old.pk == target.pk:
             raise RegistryError(f"v{target.version} is already the champion")
+        overrides = target.status == ModelVersion.Status.REJECTED
+        if overrides and len(written_reason.strip()) < MIN_WRITTEN_REASON:
+            raise RegistryError(f"v{target.version} was rejected; promoting it anyway needs a written reason (at least "
+                                f"{MIN_WRITTEN_REASON} characters), which goes into the audit log")
         if not target.path.exists():
             raise RegistryError(f"the model file of v{target.version} is missing ({target.file_path})")
         if old is not None:
@@ -212,7 +222,8 @@ def promote(model: ModelVersion, *, actor=None, reason: str = "", request=None, 
         target.refresh_from_db()
         action = "modelops.model.rolled_back" if rollback else "modelops.model.promoted"
         audit(actor, action, obj=target, request=request,
-              details={"champion": target.version, "replaced": old.version if old else None, "reason": reason[:1000]})
+              details={"champion": target.version, "replaced": old.version if old else None,
+                       "reason": (written_reason.strip() or reason)[:1000], "overrides_rejection": overrides})
     log.info("v%s is the champion (was v%s): %s", target.version, old.version if old else None, reason or action)
     return target
 

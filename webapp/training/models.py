@@ -64,6 +64,7 @@ class TrainingRun(models.Model):
         NONE = "", "—"
         PROMOTED = "promoted", "Promoted"
         REJECTED = "rejected", "Rejected"
+        AWAITING = "awaiting", "Awaiting approval"  # won, and PROMOTION_REQUIRES_APPROVAL: an admin decides
 
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
     trigger = models.CharField(max_length=16, choices=Trigger.choices)
@@ -87,6 +88,10 @@ class TrainingRun(models.Model):
     challenger_metrics = models.JSONField(default=dict, blank=True)
     decision = models.CharField(max_length=16, choices=Decision.choices, default=Decision.NONE, blank=True)
     decision_reason = models.TextField(blank=True)
+    # The admin who approved or rejected a challenger awaiting approval, when, and why (a rejection's note).
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True)
     error = models.TextField(blank=True)
     queued_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -215,7 +215,9 @@ def _finish(run: TrainingRun, challenger: ModelVersion, metrics: dict, promote_i
         decision, promote_it = TrainingRun.Decision.REJECTED, False
         reason = (f"not promoted: the champion changed during training (now v{current.version if current else '-'}, "
                   f"this run was measured against v{run.parent.version}); " + reason)
-    if promote_it:
+    if promote_it and settings.PROMOTION_REQUIRES_APPROVAL:
+        decision = TrainingRun.Decision.AWAITING  # stays a challenger until an admin approves or rejects it
+    elif promote_it:
         registry.promote(challenger, reason=f"training run {run.pk}: {reason}")
     else:
         ModelVersion.objects.filter(pk=challenger.pk).update(status=ModelVersion.Status.REJECTED)
@@ -223,8 +225,70 @@ def _finish(run: TrainingRun, challenger: ModelVersion, metrics: dict, promote_i
         state=State.DONE, stage="done", progress=1.0, eta_seconds=0.0, finished_at=timezone.now(),
         champion_metrics=metrics["champion"], challenger_metrics=metrics["challenger"], decision=decision,
         decision_reason=reason, timings=_rounded(timings))
-    audit(None, f"training.run.{decision}", obj=run, details={"challenger": challenger.version, "reason": reason[:1000]})
+    action = "training.run.awaiting_approval" if decision == TrainingRun.Decision.AWAITING else f"training.run.{decision}"
+    audit(None, action, obj=run, details={"challenger": challenger.version, "reason": reason[:1000]})
     log.info("training run %s: v%s %s (%s)", run.pk, challenger.version, decision, reason)
+
+
+# --- an admin's decision (PROMOTION_REQUIRES_APPROVAL) ---------------------------------------------
+
+
+def _awaiting(run_id: int) -> TrainingRun:
+    """The run, locked; refused unless its challenger awaits approval."""
+    run = TrainingRun.objects.select_for_update(of=("self",)).select_related("parent", "challenger").get(pk=run_id)
+    if run.decision != TrainingRun.Decision.AWAITING or run.challenger is None:
+        raise TrainingError(f"training run {run.pk} has no challenger awaiting approval "
+                            f"(its decision: {run.get_decision_display()})")
+    return run
+
+
+def approve_challenger(run_id: int, *, actor, request=None) -> ModelVersion:
+    """An admin approves the winner of run ``run_id``: it becomes the champion. Refused when the champion
+    changed since the run measured against it (the comparison no longer holds)."""
+    with transaction.atomic():
+        run = _awaiting(run_id)
+        champion = registry.get_champion()
+        if champion is None or champion.pk != run.parent_id:
+            raise TrainingError(
+                f"v{run.challenger.version} was measured against v{run.parent.version}, but the champion is now "
+                f"v{champion.version if champion else '-'}; reject it and retrain, or promote it with the Promote button")
+        try:
+            promoted = registry.promote(run.challenger, actor=actor, request=request,
+                                        reason=f"approved by an admin; training run {run.pk}: {run.decision_reason}")
+        except registry.RegistryError as exc:
+            raise TrainingError(str(exc)) from None
+        TrainingRun.objects.filter(pk=run.pk).update(decision=TrainingRun.Decision.PROMOTED, decided_by=actor,
+                                                     decided_at=timezone.now())
+        audit(actor, "training.challenger.approved", obj=run, request=request,
+              details={"challenger": promoted.version, "replaced": run.parent.version})
+    return promoted
+
+
+def reject_challenger(run_id: int, *, actor, note: str = "", request=None) -> ModelVersion:
+    """An admin rejects the winner of run ``run_id``: it is *rejected* and stays so (promoting it later
+    needs a written reason, see ``modelops.services.promote``)."""
+    with transaction.atomic():
+        run = _awaiting(run_id)
+        ModelVersion.objects.filter(pk=run.challenger_id).update(status=ModelVersion.Status.REJECTED)
+        TrainingRun.objects.filter(pk=run.pk).update(decision=TrainingRun.Decision.REJECTED, decided_by=actor,
+                                                     decided_at=timezone.now(), decision_note=note.strip()[:2000])
+        audit(actor, "training.challenger.rejected", obj=run, request=request,
+              details={"challenger": run.challenger.version, "note": note.strip()[:1000]})
+    run.challenger.refresh_from_db()
+    return run.challenger
+
+
+def promote_by_admin(model: ModelVersion, *, actor, written_reason: str = "", request=None) -> ModelVersion:
+    """The Promote button: a challenger awaiting approval is approved; a rejected version needs
+    ``written_reason``; any other version is promoted."""
+    run = TrainingRun.objects.filter(challenger=model, decision=TrainingRun.Decision.AWAITING).first()
+    if run is not None:
+        return approve_challenger(run.pk, actor=actor, request=request)
+    try:
+        return registry.promote(model, actor=actor, request=request, reason="promoted by an admin",
+                                written_reason=written_reason)
+    except registry.RegistryError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def _verify(model: ModelVersion) -> None:

@@ -13,4 +13,6 @@ urlpatterns = [
     path("models/rollback", views.roll_back, name="rollback"),
     path("models/rerun-unreviewed", modelops_views.rerun_unreviewed, name="rerun_unreviewed"),  # the AI jobs page's action
     path("models/<int:version>/promote", views.promote, name="promote"),
+    path("models/runs/<int:run_id>/approve", views.approve, name="approve"),
+    path("models/runs/<int:run_id>/reject", views.reject, name="reject"),
 ]

@@ -2,6 +2,7 @@
 live progress; admins retrain, promote, roll back and re-run unreviewed studies from it."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -71,6 +72,9 @@ def registry(request):
         "champion": champion, "rows": rows, "history": history, "frocs": frocs, "runs": runs,
         "active": any(r.is_active for r in runs),
         "rollback_to": champion.previous_champion if champion else None,
+        "requires_approval": settings.PROMOTION_REQUIRES_APPROVAL,
+        "awaiting": sum(1 for r in rows if r["run"] and r["run"].decision == TrainingRun.Decision.AWAITING),
+        "min_written_reason": modelops.MIN_WRITTEN_REASON,
     })
 
 
@@ -100,16 +104,55 @@ def retrain_now(request):
     return redirect("training:registry")
 
 
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
 @require_POST
 @role_required(Role.ADMIN)
 def promote(request, version: int):
+    """Promote any version; a rejected one only with a written reason (the form's ``reason``)."""
     model = get_object_or_404(ModelVersion, version=version)
     try:
-        modelops.promote(model, actor=request.user, request=request, reason="promoted by an admin")
-    except modelops.RegistryError as exc:
-        messages.error(request, str(exc).capitalize() + ".")
+        services.promote_by_admin(model, actor=request.user, written_reason=request.POST.get("reason", ""),
+                                  request=request)
+    except services.TrainingError as exc:
+        messages.error(request, _sentence(str(exc)))
     else:
         messages.success(request, f"v{model.version} is the champion; new studies are read with it.")
+    return redirect("training:registry")
+
+
+def _run_awaiting(run_id: int) -> TrainingRun:
+    return get_object_or_404(TrainingRun, pk=run_id, decision=TrainingRun.Decision.AWAITING)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def approve(request, run_id: int):
+    """The challenger of a run awaiting approval becomes the champion."""
+    run = _run_awaiting(run_id)
+    try:
+        model = services.approve_challenger(run.pk, actor=request.user, request=request)
+    except services.TrainingError as exc:
+        messages.error(request, _sentence(str(exc)))
+    else:
+        messages.success(request, f"Approved: v{model.version} is the champion; new studies are read with it.")
+    return redirect("training:registry")
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def reject(request, run_id: int):
+    """The challenger of a run awaiting approval is rejected (optional note, kept in the audit log)."""
+    run = _run_awaiting(run_id)
+    try:
+        model = services.reject_challenger(run.pk, actor=request.user, note=request.POST.get("note", ""), request=request)
+    except services.TrainingError as exc:
+        messages.error(request, _sentence(str(exc)))
+    else:
+        messages.success(request, f"Rejected v{model.version}; v{run.parent.version} stays the champion.")
     return redirect("training:registry")
 
 
@@ -119,7 +162,7 @@ def roll_back(request):
     try:
         model = modelops.roll_back(actor=request.user, request=request)
     except modelops.RegistryError as exc:
-        messages.error(request, str(exc).capitalize() + ".")
+        messages.error(request, _sentence(str(exc)))
     else:
         messages.success(request, f"Rolled back: v{model.version} is the champion again.")
     return redirect("training:registry")
