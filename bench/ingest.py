@@ -18,6 +18,7 @@ import argparse
 import http.cookiejar
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# A fresh password each run: no known login is left in whatever database the bench used.
+BENCH_PASSWORD = secrets.token_urlsafe(18)
 sys.path.insert(0, str(ROOT))
 
 
@@ -65,7 +68,9 @@ def setup_django(workdir: Path) -> None:
     from webapp.accounts.services import ensure_role_groups, ensure_user
 
     ensure_role_groups()
-    ensure_user("bench-admin", "bench-password-1", "admin")
+    user, _ = ensure_user("bench-admin", BENCH_PASSWORD, "admin")
+    user.set_password(BENCH_PASSWORD)
+    user.save(update_fields=["password"])
 
 
 def wipe_archive() -> None:
@@ -169,7 +174,7 @@ def via_http(paths: list[Path], parallel: int, per_request: int, stats: dict) ->
             except OSError:
                 time.sleep(0.2)
         client = Client(base)
-        client.login("bench-admin", "bench-password-1")
+        client.login("bench-admin", BENCH_PASSWORD)
         start = time.perf_counter()
         batch = client.post("/upload/batches/")["batch"]
         groups = [paths[i : i + per_request] for i in range(0, len(paths), per_request)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from dicomweb import CORNERSTONE_ACCEPT, wait_http  # noqa: E402
 from ingest import free_port, make_series  # noqa: E402  (the same 512×512 phantom series)
 
-USER, PASSWORD = "bench-radiologist", "bench-password-1"
+USER, PASSWORD = "bench-radiologist", secrets.token_urlsafe(18)  # a fresh password each run
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader"]

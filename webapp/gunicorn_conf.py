@@ -14,4 +14,7 @@ keepalive = 30
 timeout = 600  # large uploads and STOW-RS bodies stream for a while
 graceful_timeout = 30
 accesslog = os.environ.get("ACCESS_LOG", "-") or None
+# The path without its query string and no referrer: queries (QIDO ?PatientName=..., the case
+# browser's ?q=...) carry patient names and IDs, and the log holds ids only.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")

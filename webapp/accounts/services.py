@@ -1,6 +1,7 @@
 """Roles, permission checks and the audit trail: written once, used by every app."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,10 +131,13 @@ def verify_audit_chain() -> ChainCheck:
 
 
 def audit_read_once(request: HttpRequest, action: str, *, object_type: str, object_id, details: dict | None = None,
-                    window_seconds: int = 600) -> None:
-    """Audit a read once per user, object and action per ``window_seconds`` (a case list loads
-    25 thumbnails, a viewer 500 frames: one event says who saw which patient's data, and when)."""
-    key = f"audit:{action}:{request.user.pk}:{object_type}:{object_id}"
+                    window_seconds: int = 600, vary: str = "") -> None:
+    """Audit a read once per user, object, action (and ``vary``, e.g. a digest of what a page
+    listed) per ``window_seconds``: a case list loads 25 thumbnails, a viewer 500 frames, the jobs
+    page reloads every 5 s; one event says who saw which patient's data, and when."""
+    if vary:
+        vary = hashlib.sha256(vary.encode()).hexdigest()[:16]
+    key = f"audit:{action}:{request.user.pk}:{object_type}:{object_id}:{vary}"
     if cache.add(key, 1, window_seconds):
         audit(request.user, action, object_type=object_type, object_id=str(object_id), details=details,
               request=request)

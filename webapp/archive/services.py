@@ -573,7 +573,8 @@ def _record(batch: UploadBatch | None, outcome: FileOutcome, actor, request) -> 
             instance_id=outcome.instance_id,
         )
     if outcome.outcome == Outcome.REJECTED:
-        log.info("rejected %s: %s", outcome.name, outcome.reason)
+        # The file name may carry a patient's name (an exported folder): the log gets ids only.
+        log.info("rejected a file of upload batch %s: %s", batch.pk if batch is not None else "-", outcome.reason)
         audit(
             actor,
             "archive.upload.file_rejected",
@@ -602,7 +603,7 @@ def prepare_series(series_id: int) -> Series:
     instances = list(series.instances.order_by("instance_number", "pk"))
     if not instances:
         return series
-    plan, warnings = volumes.assess_geometry([image_geometry(i) for i in instances])
+    plan, warnings = volumes.assess_geometry([image_geometry(i) for i in instances], **volume_caps())
     fields: dict = {"geometry_warnings": warnings, "slice_spacing_mm": None}
     if plan is not None:
         ordered = [instances[i] for i in plan.order]
@@ -624,6 +625,12 @@ def prepare_series(series_id: int) -> Series:
     Series.objects.filter(pk=series.pk).update(thumbnail=thumb_name, prepared_at=timezone.now(), **fields)
     series.refresh_from_db()
     return series
+
+
+def volume_caps() -> dict:
+    """The largest grid built from a series (settings ``VOLUME_MAX_SLICES`` / ``VOLUME_MAX_VOXELS``),
+    the same for the flags, the viewer's grid and the AI's volume."""
+    return {"max_slices": settings.VOLUME_MAX_SLICES, "max_voxels": settings.VOLUME_MAX_VOXELS}
 
 
 def image_geometry(instance: Instance) -> volumes.SliceGeometry:

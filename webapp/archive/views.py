@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webapp.accounts.decorators import role_required
 from webapp.accounts.models import Role
-from webapp.accounts.services import audit, can_read_studies
+from webapp.accounts.services import audit, audit_read_once, can_read_studies
 from webapp.modelops.models import InferenceRun
 from webapp.modelops.services import ai_summary
 from webapp.review.models import Finding
@@ -66,6 +66,9 @@ def study_list(request):
         study.modalities = modalities.get(study.pk, [])
         study.ai = ai[study.pk]
         study.priority = ranking.get(study.pk)
+    audit(request.user, "archive.study_list.viewed", object_type="study_list", request=request,
+          details={"page": page.number, "filters": {k: v for k, v in request.GET.items() if k != "page" and v},
+                   "studies": [s.study_uid for s in page]})
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -123,14 +126,29 @@ def study_detail(request, study_uid: str):
 @require_GET
 def series_thumbnail(request, series_uid: str):
     series = get_series_for_user(request.user, series_uid)
-    if not series.thumbnail:
-        series = services.prepare_series(series.pk)  # not prepared yet: render now, keep it
-    if not series.thumbnail:
-        return HttpResponse(status=404)
+    audit_read_once(request, "archive.thumbnail.viewed", object_type="study", object_id=series.study.study_uid,
+                    details={"series": series.series_uid})
+    try:
+        if not series.thumbnail:
+            series = services.prepare_series(series.pk)  # not prepared yet: render now, keep it
+        if not series.thumbnail:
+            return HttpResponse("this series has no images", status=404, content_type="text/plain")
+        thumbnail = archive_storage().open(series.thumbnail, "rb")
+    except Exception as exc:  # noqa: BLE001 - stored images are untrusted: a placeholder, never a 500
+        import logging
+
+        from .rendering import placeholder_png
+
+        logging.getLogger(__name__).warning("thumbnail: series %s not renderable (%s)", series.pk, type(exc).__name__)
+        response = HttpResponse(placeholder_png(), content_type="image/png")
+        response["X-Thumbnail-Unavailable"] = "the images of this series cannot be rendered"
+        response["Cache-Control"] = "private, no-cache"
+        return response
     etag = quote_etag(f"{series.series_uid}-{series.prepared_at.timestamp() if series.prepared_at else 0}")
     if request.headers.get("If-None-Match") == etag:
+        thumbnail.close()
         return HttpResponse(status=304, headers={"ETag": etag})
-    response = FileResponse(archive_storage().open(series.thumbnail, "rb"), content_type="image/png")
+    response = FileResponse(thumbnail, content_type="image/png")
     response["ETag"] = etag
     response["Cache-Control"] = "private, max-age=3600"
     return response
@@ -189,8 +207,11 @@ def upload_batch_finish(request, batch_id: int):
 def upload_batch_detail(request, batch_id: int):
     batch = get_batch_for_user(request.user, batch_id)
     items = batch.items.all()
+    summary = services.batch_summary(batch)
+    audit(request.user, "archive.upload.viewed", obj=batch, request=request,
+          details={"studies": [st["study_uid"] for st in summary.get("studies", [])]})
     return render(
         request,
         "archive/upload_detail.html",
-        {"batch": batch, "items": items, "summary": services.batch_summary(batch)},
+        {"batch": batch, "items": items, "summary": summary},
     )
