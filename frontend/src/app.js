@@ -8,6 +8,7 @@ import { viewerShown } from './firstpaint.js';
 import { FindingLabelmap } from './labelmap.js';
 import { STATUS_COLOURS, drawOverlay, findingAt, findingKey, renderDetail, renderList } from './findings.js';
 import { SaveQueue } from './queue.js';
+import { h, isolated } from './dom.js';
 
 let config;
 const $ = (sel) => document.querySelector(sel);
@@ -120,6 +121,7 @@ function takeCase(review) {
   $('#case-status').textContent = review.case.review_status.replace('_', ' ');
   $('#case-status').className = `badge review-${review.case.review_status}`;
   $('#case-comment').value = review.case.comment || '';
+  showGeometryWarnings((review.series || []).find((se) => se.series_uid === state.series.seriesUid));
   state.findings = review.findings
     .filter((f) => f.series_uid === state.series.seriesUid)
     .map((f) => ({ ...f, server: JSON.parse(JSON.stringify(f)) }));
@@ -179,7 +181,7 @@ function colourSegments() {
 // ---- chrome: toolbar, series bar, help ---------------------------------------------------------
 
 function buildChrome() {
-  $('#help-table').innerHTML = SHORTCUTS.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join('');
+  $('#help-table').replaceChildren(...SHORTCUTS.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, v))));
   $('#help-button').addEventListener('click', toggleHelp);
   $('#help').addEventListener('click', (e) => { if (e.target.id === 'help') toggleHelp(false); });
   $('#conflict-reload').addEventListener('click', () => { queue?.discard(); location.reload(); });
@@ -233,11 +235,25 @@ function buildChrome() {
 }
 
 function renderSeriesBar(current) {
-  $('#series-bar').innerHTML = state.seriesList.map((s) => `
-    <a class="series-item${s.seriesUid === current ? ' current' : ''}" href="?series=${encodeURIComponent(s.seriesUid)}" data-series-uid="${s.seriesUid}">
-      <img alt="" loading="lazy" src="${config.dicomwebRoot}/studies/${config.studyUid}/series/${s.seriesUid}/thumbnail">
-      <span>${s.modality} #${s.number ?? '?'} ${s.description || ''}<br><span class="muted">${s.numInstances} images</span></span>
-    </a>`).join('');
+  const seriesUrl = (uid) => `${config.dicomwebRoot}/studies/${encodeURIComponent(config.studyUid)}/series/${encodeURIComponent(uid)}`;
+  $('#series-bar').replaceChildren(...state.seriesList.map((s) => h('a', {
+    class: `series-item${s.seriesUid === current ? ' current' : ''}`,
+    href: `?series=${encodeURIComponent(s.seriesUid)}`, dataset: { seriesUid: s.seriesUid },
+  },
+  h('img', { alt: '', loading: 'lazy', src: `${seriesUrl(s.seriesUid)}/thumbnail` }),
+  h('span', {}, isolated(s.modality, { class: 'series-modality' }), ` #${s.number ?? '?'} `,
+    isolated(s.description || '', { class: 'series-description' }),
+    h('br'), h('span', { class: 'muted' }, `${s.numInstances} images`)))));
+}
+
+// Geometry problems the server found in the series on screen (mixed frames of reference, missing or
+// zero pixel spacing, non-unit orientation, NaN positions): a strip above the views, as text.
+function showGeometryWarnings(seriesInfo) {
+  const warnings = (seriesInfo?.geometry_warnings || []).filter((w) => typeof w === 'string' && w);
+  const el = $('#geometry-warning');
+  el.replaceChildren(...(warnings.length ? [h('strong', {}, 'Geometry: '),
+    ...warnings.flatMap((w, i) => [i ? ' · ' : '', isolated(w)])] : []));
+  el.hidden = !warnings.length;
 }
 
 function toggleHelp(show) {

@@ -32,7 +32,10 @@ def browser():
 
 @pytest.fixture
 def page(browser, live_server):
-    context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 900})
+    # bypass_csp: Playwright's wait_for_function evaluates its predicate with eval() inside the page,
+    # which the app's Content-Security-Policy refuses. tests/browser/test_xss_and_csp.py opens the
+    # pages with the policy enforced (and waits without eval()).
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 900}, bypass_csp=True)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
