@@ -26,7 +26,7 @@ def test_a_radiologist_reads_the_case_with_geometry_findings_and_an_audit_entry(
     data = case(radiologist_client, study)
 
     assert data["case"] == {"study_uid": study.study_uid, "revision": 0, "review_status": "unreviewed", "assignee": None,
-                            "signed_off_by": None, "signed_off_at": None, "comment": ""}
+                            "signed_off_by": None, "signed_off_at": None, "comment": "", "notice": ""}
     (series,) = data["series"]
     assert series["modality"] == "CT" and series["num_instances"] == 6
     assert series["geometry"] == {"origin_xyz_mm": [-100.0, -100.0, -50.0], "spacing_zyx_mm": [2.5, 0.7, 0.7],
@@ -83,10 +83,12 @@ def test_anonymous_is_401_and_other_roles_403_in_json(client, cast, study):
     assert Study.objects.get().review_status == "unreviewed" and not ReviewRevision.objects.exists()
 
 
-def test_admins_review_too(admin_client, study, findings):
+def test_admins_read_cases_but_do_not_change_findings(admin_client, study, findings):
+    assert admin_client.get(f"{API}/studies/{study.study_uid}/").status_code == 200
     response = act(admin_client, study, base_revision=0, action="accept", finding_id=findings[0].pk)
 
-    assert response.status_code == 200 and response.json()["finding"]["status"] == "accepted"
+    assert response.status_code == 403 and "not a clinical role" in response.json()["error"]
+    assert Finding.objects.get(pk=findings[0].pk).status == "proposed" and not ReviewRevision.objects.exists()
 
 
 def test_unknown_study_is_404_json(radiologist_client, cast):
@@ -329,12 +331,19 @@ def test_sign_off_then_changes_are_409_until_the_signer_reopens(client, cast, st
                 .order_by("id").values_list("action", flat=True)) == ["review.case.signed_off", "review.case.reopened"]
 
 
-def test_an_admin_may_reopen_any_case(client, cast, study):
+def test_an_admin_reopens_any_case_only_with_a_reason(client, cast, study):
     client.force_login(cast.radiologist)
     act(client, study, base_revision=0, action="signoff")  # no findings: a negative case
     client.force_login(cast.admin)
 
-    assert act(client, study, base_revision=1, action="reopen").status_code == 200
+    refused = act(client, study, base_revision=1, action="reopen")
+    assert refused.status_code == 400 and "only with a 'reason'" in refused.json()["error"]
+    reopened = act(client, study, base_revision=1, action="reopen", reason="wrong patient merged; PACS ticket 4711")
+    assert reopened.status_code == 200
+    assert reopened.json()["case"]["notice"].startswith("Reopened by alice-admin on ")
+    assert reopened.json()["case"]["notice"].endswith(": wrong patient merged; PACS ticket 4711")
+    event = AuditEvent.objects.get(action="review.case.reopened")
+    assert event.actor == cast.admin and event.details["reason"] == "wrong patient merged; PACS ticket 4711"
 
 
 # --- assignment ------------------------------------------------------------------------------------

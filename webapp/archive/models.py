@@ -173,6 +173,7 @@ class UploadItem(models.Model):
         DUPLICATE = "duplicate", "Duplicate (already stored)"
         REJECTED = "rejected", "Rejected"
         SKIPPED = "skipped", "Skipped"
+        QUARANTINED = "quarantined", "Quarantined (study signed off)"
 
     batch = models.ForeignKey(UploadBatch, on_delete=models.CASCADE, related_name="items")
     name = models.CharField(max_length=1024)
@@ -185,3 +186,42 @@ class UploadItem(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+
+class QuarantinedInstance(models.Model):
+    """A file that arrived for a signed-off study: kept outside the served archive (no Instance row)
+    until an admin releases it into the study (which reopens the case) or discards it. See
+    :mod:`webapp.archive.quarantine`."""
+
+    class State(models.TextChoices):
+        HELD = "held", "Held"
+        RELEASED = "released", "Released into the study"
+        DISCARDED = "discarded", "Discarded"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="quarantined")
+    study_uid = models.CharField(max_length=64)
+    series_uid = models.CharField(max_length=64)
+    sop_uid = models.CharField(max_length=64, db_index=True)
+    sha256 = models.CharField(max_length=64)
+    file_path = models.CharField(max_length=255)  # relative to the quarantine folder
+    file_name = models.CharField(max_length=1024)  # as the sender named it
+    file_size = models.BigIntegerField(default=0)
+    reason = models.CharField(max_length=500)
+    source = models.CharField(max_length=16, blank=True)  # UploadBatch.Source: which door it came through
+    batch = models.ForeignKey(UploadBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    received_from = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.HELD, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def audit_ref(self) -> tuple[str, str]:
+        return "quarantine", str(self.pk)

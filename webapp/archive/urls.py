@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import quarantine_views, views
 
 app_name = "archive"
 
@@ -14,4 +14,7 @@ urlpatterns = [
     path("upload/batches/<int:batch_id>/", views.upload_batch_detail, name="upload_batch_detail"),
     path("upload/batches/<int:batch_id>/files", views.upload_batch_files, name="upload_batch_files"),
     path("upload/batches/<int:batch_id>/finish", views.upload_batch_finish, name="upload_batch_finish"),
+    path("quarantine/", quarantine_views.quarantine_list, name="quarantine"),
+    path("quarantine/<int:item_id>/release", quarantine_views.quarantine_release, name="quarantine_release"),
+    path("quarantine/<int:item_id>/discard", quarantine_views.quarantine_discard, name="quarantine_discard"),
 ]

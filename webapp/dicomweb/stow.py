@@ -144,12 +144,15 @@ def _store_parts(batch, request, buffer, parts: list[Part], study_uid: str | Non
 def _response(outcomes: list[FileOutcome], study_uid: str | None) -> tuple[int, dict]:
     base = dicomjson.base_url()
     stored = [o for o in outcomes if o.outcome in ("stored", "duplicate")]
-    failed = [o for o in outcomes if o.outcome not in ("stored", "duplicate")]
+    # Quarantined (the study's read is signed off): accepted and held for an admin, not retrievable.
+    # Listed with the accepted instances but without a RetrieveURL, the reason as ErrorComment; 202.
+    held = [o for o in outcomes if o.outcome == "quarantined"]
+    failed = [o for o in outcomes if o.outcome not in ("stored", "duplicate", "quarantined")]
     body: dict = {}
     studies = {o.study_uid for o in stored}
     if len(studies) == 1 or study_uid:
         body.update(dicomjson.dataset(RetrieveURL=f"{base}/studies/{study_uid or studies.pop()}"))
-    if stored:
+    if stored or held:
         body["00081199"] = {"vr": "SQ", "Value": [
             dicomjson.dataset(
                 ReferencedSOPClassUID=o.sop_class_uid,
@@ -157,6 +160,10 @@ def _response(outcomes: list[FileOutcome], study_uid: str | None) -> tuple[int, 
                 RetrieveURL=f"{base}/studies/{o.study_uid}/series/{o.series_uid}/instances/{o.sop_uid}",
             )
             for o in stored
+        ] + [
+            {**dicomjson.dataset(ReferencedSOPClassUID=o.sop_class_uid, ReferencedSOPInstanceUID=o.sop_uid),
+             "00000902": {"vr": "LO", "Value": ["quarantined: study signed off; held for an admin"]}}
+            for o in held
         ]}
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": [
@@ -167,5 +174,5 @@ def _response(outcomes: list[FileOutcome], study_uid: str | None) -> tuple[int, 
             }
             for o in failed
         ]}
-    status = 200 if not failed else 409 if not stored else 202
+    status = 202 if held else 200 if not failed else 409 if not stored else 202
     return status, body

@@ -23,7 +23,7 @@ from webapp import jobs
 from webapp.accounts.services import audit
 from webapp.archive import services as archive
 from webapp.archive.models import AIStatus, ReviewStatus, Series, Study
-from webapp.review.services import replace_ai_findings
+from webapp.review.services import CaseSignedOff, replace_ai_findings
 
 from .models import InferenceRun, ModelVersion
 
@@ -332,15 +332,25 @@ def run_inference(run_id: int, predictor_for: Callable[[ModelVersion], object]) 
                                       "refusing to use it")
         prediction = predictor.predict(volume, tta=settings.INFERENCE_TTA, progress=_progress_reporter(run.pk))
         store_started = time.perf_counter()
-        with transaction.atomic():
-            stored = replace_ai_findings(run, prediction.findings)
-            timings = {"load_volume": load_seconds, **prediction.timings, "store": time.perf_counter() - store_started}
+        try:
+            with transaction.atomic():
+                stored = replace_ai_findings(run, prediction.findings, volume)
+                timings = {"load_volume": load_seconds, **prediction.timings, "store": time.perf_counter() - store_started}
+                InferenceRun.objects.filter(pk=run.pk).update(
+                    state=State.DONE, progress=1.0, stage="done", device=prediction.device, findings_count=stored,
+                    case_uncertainty=prediction.case_uncertainty, finished_at=timezone.now(),
+                    timings={k: round(v, 3) for k, v in timings.items()},
+                )
+                update_study_status(run.series.study_id)
+        except CaseSignedOff:
+            # A signed-off read never changes under the reader: the run ends, nothing is stored.
             InferenceRun.objects.filter(pk=run.pk).update(
-                state=State.DONE, progress=1.0, stage="done", device=prediction.device, findings_count=stored,
-                case_uncertainty=prediction.case_uncertainty, finished_at=timezone.now(),
-                timings={k: round(v, 3) for k, v in timings.items()},
-            )
+                state=State.DONE, progress=1.0, stage="case signed off: not stored", findings_count=0,
+                device=prediction.device, finished_at=timezone.now())
             update_study_status(run.series.study_id)
+            audit(None, "modelops.inference.not_stored", obj=run,
+                  details={"series": run.series.series_uid, "reason": "case signed off"})
+            return RunResult(run.pk, State.DONE, 0)
         return RunResult(run.pk, State.DONE, stored)
     except InferenceError as exc:
         return _fail(run, str(exc))

@@ -1,8 +1,10 @@
 """The review JSON API the viewer uses: thin views over ``services``, under ``/api/review/``.
-Session auth (CSRF header on POST); radiologists and admins only.
+Session auth (CSRF header on POST); radiologists and admins read cases. Changing a read is clinical
+work: radiologists only, signing off only by the assignee (see ``services`` for the whole rule).
 
-Every answer is JSON: anonymous 401, other roles 403, unknown case or finding 404, bad input 400,
-stale ``base_revision`` or a signed-off case 409. Every read and every change is audited.
+Every answer is JSON: anonymous 401, other roles 403 (also an admin who is not a radiologist changing
+a finding, or a radiologist signing off someone else's case), unknown case or finding 404, bad input
+400, stale ``base_revision`` or a signed-off case 409. Every read and every change is audited.
 """
 from __future__ import annotations
 
@@ -65,15 +67,15 @@ def _study(uid: str) -> Study:
 def case_detail(request, study_uid: str):
     study = _study(study_uid)
     case = services.get_case(study)
-    series = []
+    series, grids = [], {}
     for s in study.series.order_by("series_number", "pk").annotate(num_instances=Count("instances")):
-        grid = series_grid(s)
+        grid = grids[s.pk] = series_grid(s)
         series.append({"series_uid": s.series_uid, "modality": s.modality, "description": s.description,
                        "num_instances": s.num_instances, "geometry": grid.as_json() if grid else None})
     findings = Finding.objects.filter(study=study).select_related("series", "model_version").order_by("series__series_number", "series_id", "-diameter_mm", "pk")
     revisions = ReviewRevision.objects.filter(study=study).order_by("-revision")[:50]
     audit(request.user, "review.case.viewed", obj=study, request=request, details={"revision": case.revision})
-    return JsonResponse({"case": case_json(case), "series": series, "findings": [finding_json(f) for f in findings],
+    return JsonResponse({"case": case_json(case), "series": series, "findings": [finding_json(f, grids.get(f.series_id)) for f in findings],
                          "revisions": [revision_json(r) for r in revisions]})
 
 
@@ -149,7 +151,8 @@ def _signoff(study, user, body, request):
 
 
 def _reopen(study, user, body, request):
-    return services.reopen_case(study, user, base_revision=body.get("base_revision"), request=request)
+    return services.reopen_case(study, user, base_revision=body.get("base_revision"),
+                                reason=read_text(body, "reason", required=False, limit=400), request=request)
 
 
 ACTIONS = {

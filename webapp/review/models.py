@@ -47,10 +47,15 @@ class Finding(models.Model):
     # False for an AI finding scored below its model's operating point (a candidate: listed on request,
     # not counted as a positive finding); True for every other finding.
     flagged = models.BooleanField(default=True)
-    # The mask: a bool (z, y, x) box of the series' voxel grid starting at mask_origin_zyx, bit-packed.
+    # The mask: a bool (z, y, x) box, bit-packed. ``mask_origin_zyx`` is the box's first voxel on the
+    # series grid AS IT WAS when the mask was stored; the grid moves when a slice arrives later (a new
+    # lowest slice shifts every z index), so the box is anchored in patient space too: the LPS mm of
+    # the centre of that first voxel and the grid's spacing then. Read masks with ``mask_on_grid``.
     mask_bits = models.BinaryField(null=True, blank=True)
     mask_shape_zyx = models.JSONField(null=True, blank=True)
     mask_origin_zyx = models.JSONField(null=True, blank=True)
+    mask_origin_xyz_mm = models.JSONField(null=True, blank=True)
+    mask_spacing_zyx_mm = models.JSONField(null=True, blank=True)
     reject_reason = models.CharField(max_length=500, blank=True)
     comment = models.TextField(blank=True)
     created_by = models.ForeignKey(
@@ -69,11 +74,57 @@ class Finding(models.Model):
     def centre_xyz_mm(self) -> tuple[float, float, float]:
         return (self.centre_x_mm, self.centre_y_mm, self.centre_z_mm)
 
-    def set_mask(self, mask: np.ndarray, origin_zyx) -> None:
+    def set_mask(self, mask: np.ndarray, origin_zyx, grid=None) -> None:
+        """Store ``mask`` (bool (z, y, x)) at voxel ``origin_zyx`` of ``grid``: anything with
+        ``origin_xyz_mm``, ``spacing_zyx_mm`` and ``direction`` (a review ``SeriesGrid`` or an
+        ``ml.volumes.Volume``). Without a grid the mask is not anchored in patient space."""
         mask = np.asarray(mask, dtype=bool)
         self.mask_bits = np.packbits(mask.ravel()).tobytes()
         self.mask_shape_zyx = [int(n) for n in mask.shape]
         self.mask_origin_zyx = [int(n) for n in origin_zyx]
+        if grid is None:
+            self.mask_origin_xyz_mm = self.mask_spacing_zyx_mm = None
+        else:
+            self.mask_origin_xyz_mm = [float(v) for v in _voxel_to_patient(grid, self.mask_origin_zyx)]
+            self.mask_spacing_zyx_mm = [float(v) for v in grid.spacing_zyx_mm]
+
+    def clear_mask(self) -> None:
+        self.mask_bits = self.mask_shape_zyx = self.mask_origin_zyx = None
+        self.mask_origin_xyz_mm = self.mask_spacing_zyx_mm = None
+
+    def mask_on_grid(self, grid) -> tuple[np.ndarray | None, list[int] | None]:
+        """The mask and its first voxel on ``grid`` (the series' grid now), placed by its patient-space
+        anchor: the same anatomy whatever slices arrived since. When the slice spacing changed, the mask
+        is resampled (nearest voxel centre). (None, None) without a mask or when none of it lies on
+        the grid any more. Masks stored without an anchor keep their voxel origin."""
+        mask = self.get_mask()
+        if mask is None:
+            return None, None
+        if grid is None or self.mask_origin_xyz_mm is None:
+            return mask, [int(v) for v in self.mask_origin_zyx]
+        spacing_then = np.asarray(self.mask_spacing_zyx_mm, dtype=float)
+        spacing_now = np.asarray(grid.spacing_zyx_mm, dtype=float)
+        start = _patient_to_voxel(grid, self.mask_origin_xyz_mm)  # float (z, y, x) on the grid now
+        if np.allclose(spacing_then, spacing_now, rtol=1e-3, atol=1e-4):
+            origin = np.rint(start).astype(int)
+        else:
+            ratio = spacing_then / spacing_now  # grid-now voxels per stored voxel, per axis
+            # grid-now voxels whose centres lie inside the stored box's outer edges
+            lo = np.ceil(start - 0.5 * ratio - 1e-6).astype(int)
+            hi = np.floor(start + (np.asarray(mask.shape) - 0.5) * ratio + 1e-6).astype(int) + 1
+            picks = [np.rint((np.arange(lo[a], hi[a]) - start[a]) / ratio[a]).astype(int) for a in range(3)]
+            valid = [(p >= 0) & (p < mask.shape[a]) for a, p in enumerate(picks)]
+            mask = mask[np.ix_(*[np.clip(p, 0, mask.shape[a] - 1) for a, p in enumerate(picks)])]
+            mask &= valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :]
+            origin = lo
+        # Keep the part that lies on the grid now.
+        shape_now = np.asarray(grid.shape_zyx)
+        cut_lo = np.clip(-origin, 0, None)
+        cut_hi = np.clip(origin + np.asarray(mask.shape) - shape_now, 0, None)
+        mask = mask[tuple(slice(int(a), int(n - b)) for a, b, n in zip(cut_lo, cut_hi, mask.shape))]
+        if mask.size == 0 or not mask.any():
+            return None, None
+        return mask, [int(v) for v in origin + cut_lo]
 
     def get_mask(self) -> np.ndarray | None:
         if self.mask_bits is None:
@@ -81,6 +132,19 @@ class Finding(models.Model):
         shape = tuple(self.mask_shape_zyx)
         bits = np.unpackbits(np.frombuffer(bytes(self.mask_bits), dtype=np.uint8), count=int(np.prod(shape)))
         return bits.reshape(shape).astype(bool)
+
+
+def _voxel_to_patient(grid, zyx) -> np.ndarray:
+    """Voxel (z, y, x) -> LPS mm (x, y, z) on any grid with origin, spacing and direction."""
+    ijk_mm = np.asarray(zyx, dtype=float)[::-1] * np.asarray(grid.spacing_zyx_mm, dtype=float)[::-1]
+    return np.asarray(grid.origin_xyz_mm, dtype=float) + np.asarray(grid.direction, dtype=float) @ ijk_mm
+
+
+def _patient_to_voxel(grid, xyz_mm) -> np.ndarray:
+    """LPS mm (x, y, z) -> voxel (z, y, x), fractional."""
+    offset = np.asarray(xyz_mm, dtype=float) - np.asarray(grid.origin_xyz_mm, dtype=float)
+    ijk_mm = np.linalg.solve(np.asarray(grid.direction, dtype=float), offset)
+    return (ijk_mm / np.asarray(grid.spacing_zyx_mm, dtype=float)[::-1])[::-1]
 
 
 class CaseReview(models.Model):
@@ -97,6 +161,9 @@ class CaseReview(models.Model):
     )
     signed_off_at = models.DateTimeField(null=True, blank=True)
     comment = models.TextField(blank=True)
+    # Shown to the reader on the case and in the worklist until the case is signed off again: why it
+    # was reopened without them (a late instance released from quarantine, an admin's reopen).
+    notice = models.CharField(max_length=500, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

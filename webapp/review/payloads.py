@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .geometry import encode_mask
+from .geometry import encode_mask, series_grid
 from .models import CaseReview, Finding, ReviewRevision
 
 LABELS = ("nodule", "solid", "part_solid", "ground_glass", "calcified", "not_nodule")
@@ -52,6 +52,7 @@ def case_json(case: CaseReview) -> dict:
         "signed_off_by": case.signed_off_by.get_username() if case.signed_off_by else None,
         "signed_off_at": case.signed_off_at.isoformat() if case.signed_off_at else None,
         "comment": case.comment,
+        "notice": case.notice,
     }
 
 
@@ -59,10 +60,24 @@ def model_version_name(version) -> str | None:
     return f"{version.name}-v{version.version}" if version is not None else None
 
 
-def finding_json(f: Finding) -> dict:
+_NO_GRID = object()
+
+
+def finding_json(f: Finding, grid=_NO_GRID) -> dict:
+    """``grid``: the series' grid now (``series_grid``), if the caller has it; the mask is placed on
+    it by its patient-space anchor, so its ``origin_zyx`` follows slices added since it was stored."""
     mask = None
     if f.mask_bits is not None:
-        mask = {"origin_zyx": list(f.mask_origin_zyx), "shape_zyx": list(f.mask_shape_zyx), "bits_b64": encode_mask(f.get_mask())}
+        if f.mask_origin_xyz_mm is not None and grid is _NO_GRID:
+            grid = series_grid(f.series)
+        grid = None if grid is _NO_GRID else grid
+        bits, origin = f.mask_on_grid(grid)
+        if bits is not None:
+            anchored = grid is not None and f.mask_origin_xyz_mm is not None
+            mask = {"origin_zyx": origin, "shape_zyx": [int(n) for n in bits.shape], "bits_b64": encode_mask(bits),
+                    # the box's anchor in patient space (LPS mm of its first voxel's centre; the grid's spacing)
+                    "origin_xyz_mm": [float(v) for v in grid.voxel_to_patient(origin)] if anchored else f.mask_origin_xyz_mm,
+                    "spacing_zyx_mm": [float(v) for v in grid.spacing_zyx_mm] if anchored else f.mask_spacing_zyx_mm}
     return {
         "id": f.pk,
         "series_uid": f.series.series_uid,

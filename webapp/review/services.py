@@ -1,6 +1,14 @@
 """Findings workflows. AI findings of a (series, model version) are replaced as a whole; findings a
 radiologist has touched (any status but proposed, source radiologist, or any review revision) are
-never removed. The review actions on a case follow below, one function each."""
+never removed, and a signed-off case takes no AI findings at all. The review actions on a case
+follow below, one function each.
+
+Who may do what (admin is an IT role, not a clinical one):
+- change findings or the case comment: radiologists (an admin only when also a radiologist);
+- sign off: the assignee; any radiologist while the case is unassigned;
+- reopen: the radiologist who signed it off or its assignee; an admin (or another radiologist who is
+  also an admin) only with a written reason, which goes into the audit log and the case's notice;
+- assign: admins assign anyone; a radiologist takes a free case or gives back their own."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +21,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from webapp import jobs
-from webapp.accounts.services import audit, can_read_studies, is_admin
+from webapp.accounts.models import Role
+from webapp.accounts.services import audit, can_read_studies, has_role, is_admin
 from webapp.archive.models import ReviewStatus, Series, Study
 
 from .geometry import GeometryError, decode_mask, measure_mask, series_grid, tight
@@ -23,14 +32,26 @@ from .payloads import BadInput, Conflict, Forbidden, NotFound, case_json, findin
 RETRAIN_CHECK_TASK = "workers.request_retraining"
 
 
+class CaseSignedOff(Exception):
+    """AI findings arrived for a signed-off case: nothing was stored."""
+
+
 @transaction.atomic
-def replace_ai_findings(run, findings) -> int:
+def replace_ai_findings(run, findings, volume=None) -> int:
     """Store ``findings`` (ml.inference.Finding) for ``run``; returns how many were stored.
+    ``volume``: the ``ml.volumes.Volume`` the findings were predicted on (their masks are anchored
+    in patient space on its grid).
 
     The run's proposals replace every untouched AI proposal on the series, whichever model made it:
     after a new champion re-reads a study the reader sees one model's proposals, not two overlapping
-    sets. Findings a radiologist decided on or touched (any revision) are kept."""
+    sets. Findings a radiologist decided on or touched (any revision) are kept. A signed-off case is
+    never changed: under the case's row lock (the one sign-off takes) this raises
+    :class:`CaseSignedOff` and stores nothing."""
     series = run.series
+    _ensure_case_row(series.study)
+    CaseReview.objects.select_for_update(of=("self",)).filter(study_id=series.study_id).first()
+    if Study.objects.filter(pk=series.study_id, review_status=ReviewStatus.SIGNED_OFF).exists():
+        raise CaseSignedOff(f"the case of study {series.study.study_uid} is signed off; AI findings were not stored")
     Finding.objects.filter(
         series=series, source=Finding.Source.AI, status=Finding.Status.PROPOSED, revisions__isnull=True,
     ).delete()
@@ -61,7 +82,7 @@ def replace_ai_findings(run, findings) -> int:
             flagged=bool(getattr(f, "flagged", True)),
             uncertainty=None if f.uncertainty is None else float(f.uncertainty),
         )
-        row.set_mask(f.mask, f.mask_origin_zyx)
+        row.set_mask(f.mask, f.mask_origin_zyx, volume)
         rows.append(row)
     Finding.objects.bulk_create(rows)
     return len(rows)
@@ -125,6 +146,12 @@ def _open_case(study: Study, base_revision, *, reopening: bool = False) -> CaseR
     return case
 
 
+def _require_clinician(user) -> None:
+    """Changing a read is clinical work: radiologists only (an admin who is also one is fine)."""
+    if not has_role(user, Role.RADIOLOGIST):
+        raise Forbidden("Only radiologists change findings or sign off; the admin role is not a clinical role.")
+
+
 def _locked_finding(study: Study, finding_id) -> Finding:
     if not isinstance(finding_id, int) or isinstance(finding_id, bool):
         raise BadInput("'finding_id' must be an integer")
@@ -155,6 +182,7 @@ def _record(case: CaseReview, user, action: str, *, finding: Finding | None = No
 
 def _finding_change(study, user, base_revision, finding_id, action, audit_action, change, *, request=None, details=None):
     """The shared shape of the finding actions: ``change(finding)`` edits the locked finding."""
+    _require_clinician(user)
     with transaction.atomic():
         case = _open_case(study, base_revision)
         finding = _locked_finding(study, finding_id)
@@ -221,6 +249,7 @@ def paint_mask(study, user, *, base_revision, finding_id, mask, request=None) ->
 
 def add_finding(study, user, *, base_revision, series_uid, centre_mm, diameter_mm, label=None, mask=None,
                 request=None) -> ActionResult:
+    _require_clinician(user)
     with transaction.atomic():
         case = _open_case(study, base_revision)
         series = Series.objects.filter(study=study, series_uid=series_uid).first() if isinstance(series_uid, str) else None
@@ -255,6 +284,7 @@ def comment(study, user, *, base_revision, text: str, finding_id=None, request=N
             f.comment = text
 
         return _finding_change(study, user, base_revision, finding_id, "comment", "review.finding.commented", change, request=request)
+    _require_clinician(user)
     with transaction.atomic():
         case = _open_case(study, base_revision)
         before = case_json(case)
@@ -288,10 +318,12 @@ def restore_finding(study, user, *, base_revision, finding_id, state, request=No
         f.diameter_mm, f.long_axis_mm, f.short_axis_mm = match["diameter_mm"], match["long_axis_mm"], match["short_axis_mm"]
         f.volume_ml, f.mean_hu, f.reject_reason = match["volume_ml"], match["mean_hu"], match["reject_reason"]
         if match["mask"] is None:
-            f.mask_bits = f.mask_shape_zyx = f.mask_origin_zyx = None
+            f.clear_mask()
         else:
             f.mask_bits = base64.b64decode(match["mask"]["bits_b64"])
             f.mask_shape_zyx, f.mask_origin_zyx = match["mask"]["shape_zyx"], match["mask"]["origin_zyx"]
+            f.mask_origin_xyz_mm = match["mask"].get("origin_xyz_mm")
+            f.mask_spacing_zyx_mm = match["mask"].get("spacing_zyx_mm")
 
     return _finding_change(study, user, base_revision, finding_id, "restore", "review.finding.restored", change, request=request)
 
@@ -319,16 +351,22 @@ def assign_case(study, user, *, base_revision, username, request=None) -> Action
 
 
 def sign_off_case(study, user, *, base_revision, request=None) -> ActionResult:
+    """The assignee signs off (any radiologist while the case is unassigned); admins only when they
+    are also radiologists. Clears the case's notice."""
+    _require_clinician(user)
     with transaction.atomic():
         case = _open_case(study, base_revision)
+        if case.assignee_id is not None and case.assignee_id != user.pk:
+            raise Forbidden(f"This case is assigned to {case.assignee.get_username()}; only the assignee signs it off. "
+                            "Take it over through an admin's reassignment first.")
         # AI candidates below the operating point need no decision: left alone they are background
         proposed = Finding.objects.filter(study=study, status=Finding.Status.PROPOSED, flagged=True).count()
         if proposed:
             raise BadInput(f"{proposed} finding(s) are still proposed; accept or reject each one before signing off.",
                            proposed=proposed)
         before = case_json(case)
-        case.signed_off_by, case.signed_off_at = user, timezone.now()
-        case.save(update_fields=["signed_off_by", "signed_off_at", "updated_at"])
+        case.signed_off_by, case.signed_off_at, case.notice = user, timezone.now(), ""
+        case.save(update_fields=["signed_off_by", "signed_off_at", "notice", "updated_at"])
         case.study.review_status = ReviewStatus.SIGNED_OFF
         Study.objects.filter(pk=study.pk).update(review_status=ReviewStatus.SIGNED_OFF)
         # A signed-off case is training data: the training app counts sign-offs and may queue a run.
@@ -337,20 +375,46 @@ def sign_off_case(study, user, *, base_revision, request=None) -> ActionResult:
                        request=request)
 
 
-def reopen_case(study, user, *, base_revision, request=None) -> ActionResult:
+def reopen_case(study, user, *, base_revision, reason: str = "", request=None) -> ActionResult:
+    """The signer or the assignee (radiologists) reopen; anyone else with the admin role only with a
+    ``reason``, which is audited and shown to the reader as the case's notice."""
     with transaction.atomic():
         case = _open_case(study, base_revision, reopening=True)
         if case.study.review_status != ReviewStatus.SIGNED_OFF:
             raise BadInput("This case is not signed off; there is nothing to reopen.")
-        if not (is_admin(user) or case.signed_off_by_id == user.pk):
-            raise Forbidden("Only an admin or the radiologist who signed this case off may reopen it.")
-        before = case_json(case)
-        case.signed_off_by, case.signed_off_at = None, None
-        case.save(update_fields=["signed_off_by", "signed_off_at", "updated_at"])
-        case.study.review_status = ReviewStatus.IN_REVIEW
-        Study.objects.filter(pk=study.pk).update(review_status=ReviewStatus.IN_REVIEW)
-        return _record(case, user, "reopen", before=before, after=case_json(case), audit_action="review.case.reopened",
-                       request=request)
+        own = has_role(user, Role.RADIOLOGIST) and user.pk in (case.signed_off_by_id, case.assignee_id)
+        if not own and not is_admin(user):
+            raise Forbidden("Only the radiologist who signed this case off, its assignee, or an admin giving a reason may reopen it.")
+        if not own and not reason:
+            raise BadInput("An admin reopens a signed-off case only with a 'reason' (it goes into the audit log "
+                           "and is shown to the radiologist).")
+        notice = "" if own else f"Reopened by {user.get_username()} on {timezone.localdate():%Y-%m-%d}: {reason}"
+        return _reopen(case, user, reason=reason, notice=notice, request=request)
+
+
+def reopen_for_new_images(study, user, *, reason: str, notice: str, request=None) -> ActionResult | None:
+    """Images were added to this study after the fact (a quarantined instance released by ``user``):
+    reopen the case if it is signed off, without a base revision, and tell the reader through the
+    case's notice. Returns None (notice set, nothing reopened) when the case is not signed off."""
+    with transaction.atomic():
+        _ensure_case_row(study)
+        case = CaseReview.objects.select_for_update(of=("self",)).select_related("study", "assignee", "signed_off_by").get(study=study)
+        case.study.refresh_from_db(fields=["review_status"])
+        if case.study.review_status != ReviewStatus.SIGNED_OFF:
+            case.notice = notice[:500]
+            case.save(update_fields=["notice", "updated_at"])
+            return None
+        return _reopen(case, user, reason=reason, notice=notice, request=request)
+
+
+def _reopen(case: CaseReview, user, *, reason: str, notice: str, request) -> ActionResult:
+    before = case_json(case)
+    case.signed_off_by, case.signed_off_at, case.notice = None, None, notice[:500]
+    case.save(update_fields=["signed_off_by", "signed_off_at", "notice", "updated_at"])
+    case.study.review_status = ReviewStatus.IN_REVIEW
+    Study.objects.filter(pk=case.study.pk).update(review_status=ReviewStatus.IN_REVIEW)
+    return _record(case, user, "reopen", before=before, after=case_json(case), audit_action="review.case.reopened",
+                   request=request, details={"reason": reason} if reason else None)
 
 
 def _check_inside(series: Series, centre_mm) -> None:
@@ -371,7 +435,7 @@ def _apply_mask(f: Finding, series: Series, payload) -> None:
         raise BadInput("the mask is empty; reject the finding instead of erasing all of it")
     mask, origin = tight(mask, origin)
     m = measure_mask(grid, mask, origin)
-    f.set_mask(mask, origin)
+    f.set_mask(mask, origin, grid)
     f.centre_x_mm, f.centre_y_mm, f.centre_z_mm = m["centre_xyz_mm"]
     f.bbox_min_xyz_mm, f.bbox_max_xyz_mm = list(m["bbox_min_xyz_mm"]), list(m["bbox_max_xyz_mm"])
     f.diameter_mm, f.volume_ml, f.mean_hu = m["diameter_mm"], m["volume_ml"], m["mean_hu"]
@@ -379,7 +443,7 @@ def _apply_mask(f: Finding, series: Series, payload) -> None:
 
 
 def _clear_mask(f: Finding) -> None:
-    f.mask_bits = f.mask_shape_zyx = f.mask_origin_zyx = None
+    f.clear_mask()
     f.volume_ml = f.mean_hu = f.long_axis_mm = f.short_axis_mm = None
 
 

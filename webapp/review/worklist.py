@@ -22,12 +22,13 @@ def _ai_findings(study_ref=OuterRef("pk")):
 
 def with_review_columns(studies: QuerySet[Study]) -> QuerySet[Study]:
     """Adds ``ai_findings`` (count), ``largest_mm``, ``max_uncertainty`` (of AI findings),
-    ``assignee_name`` and ``first_modality``."""
+    ``assignee_name``, ``case_notice`` and ``first_modality``."""
     return studies.annotate(
         ai_findings=Coalesce(Subquery(_ai_findings().annotate(n=Count("pk")).values("n")[:1]), Value(0)),
         largest_mm=Subquery(_ai_findings().annotate(m=Max("diameter_mm")).values("m")[:1]),
         max_uncertainty=Subquery(_ai_findings().annotate(m=Max("uncertainty")).values("m")[:1]),
         assignee_name=F("case_review__assignee__username"),
+        case_notice=F("case_review__notice"),  # why a case was reopened without its reader (see CaseReview.notice)
         first_modality=Subquery(
             Series.objects.filter(study=OuterRef("pk")).order_by("modality").values("modality")[:1]
         ),
