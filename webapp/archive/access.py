@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import Http404
 
-from webapp.accounts.services import can_read_studies, can_upload
+from webapp.accounts.services import can_read_studies, can_upload, is_admin
 
 from .models import Series, Study, UploadBatch
 
@@ -44,10 +44,12 @@ def get_series_for_user(user, series_uid: str) -> Series:
 
 
 def get_batch_for_user(user, batch_id: int) -> UploadBatch:
-    """Admins may see every upload batch."""
+    """An upload batch belongs to its creator: another uploader gets 404 (as for a batch that does
+    not exist, so batch ids cannot be probed). Admins may see every batch."""
     if not can_upload(user):
         raise PermissionDenied("Only admins upload studies.")
+    batches = UploadBatch.objects.all() if is_admin(user) else UploadBatch.objects.filter(created_by=user)
     try:
-        return UploadBatch.objects.get(pk=batch_id)
+        return batches.get(pk=batch_id)
     except UploadBatch.DoesNotExist:
         raise Http404("No such upload.") from None

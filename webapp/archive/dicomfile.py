@@ -208,7 +208,7 @@ def _parse_walked(fp: BinaryIO, buf, size: int, ts: UID, walked: dicomwalk.Walk)
         )
     if pixel.encapsulated:
         if ts in NATIVE_SYNTAXES:
-            raise InvalidDicom("pixel data is encapsulated but the transfer syntax is uncompressed")
+            raise InvalidDicom(f"encapsulated pixel data under an uncompressed transfer syntax ({ts.name})")
         pixelframes.check_frames(buf, pixel.fragments, ts, image)
         _check_compressed_decodes(fp, ts, image.frames)
     else:
@@ -335,8 +335,8 @@ def _check_native_length(length: int, expected: int, image: pixelframes.Image) -
         return
     product = f"{image.rows}×{image.columns}×{image.samples}×{image.bits_allocated}×{image.frames}"
     raise InvalidDicom(
-        f"pixel data is {length} bytes but Rows×Columns×Samples×BitsAllocated×Frames ({product}) "
-        f"needs {expected}" + (" (too long)" if length > expected else " (too short)")
+        f"pixel data too {'long' if length > expected else 'short'}: it is {length} bytes, but "
+        f"Rows×Columns×Samples×BitsAllocated×Frames ({product}) needs {expected}"
     )
 
 

@@ -241,21 +241,24 @@ def find_pixel_element(buf, size: int, enc: Encoding = EXPLICIT_LE) -> int | Non
 
 
 def check_encoding(buf, size: int, pos: int, enc: Encoding, ts_name: str) -> None:
-    """Refuse a data set whose first element is encoded otherwise than the transfer syntax says."""
+    """Refuse a data set whose first element is encoded otherwise than the transfer syntax says
+    (pydicom would silently switch): explicit vs implicit VR, and byte order."""
     if pos + 8 > size:
         return
     vr = bytes(buf[pos + 4:pos + 6])
-    group, elem = struct.unpack_from("<HH" if enc.little else ">HH", buf, pos)
-    tag = (group << 16) | elem
+    group_le, elem_le = struct.unpack_from("<HH", buf, pos)
+    group_be = struct.unpack_from(">H", buf, pos)[0]
+    if enc.little and group_le >= 0x0100 > group_be:
+        raise InvalidDicom(f"data set encoded big endian, but the transfer syntax is {ts_name} (little endian)")
+    if not enc.little and group_be >= 0x0100 > group_le:
+        raise InvalidDicom(f"data set encoded little endian, but the transfer syntax is {ts_name} (big endian)")
+    group = group_le if enc.little else group_be
+    tag = (group << 16) | (elem_le if enc.little else struct.unpack_from(">H", buf, pos + 2)[0])
     looks_explicit = vr in ALL_VRS and (_implicit_vr(tag) in (None, vr.decode()) or vr == b"UN")
     if enc.explicit and vr not in ALL_VRS:
-        raise InvalidDicom(
-            f"the transfer syntax is {ts_name} (explicit VR) but the data set is encoded with implicit VR"
-        )
+        raise InvalidDicom(f"data set encoded with implicit VR, but the transfer syntax is {ts_name} (explicit VR)")
     if not enc.explicit and looks_explicit:
-        raise InvalidDicom(
-            f"the transfer syntax is {ts_name} (implicit VR) but the data set is encoded with explicit VR"
-        )
+        raise InvalidDicom(f"data set encoded with explicit VR, but the transfer syntax is {ts_name} (implicit VR)")
     if group < 0x0008 or group == 0xFFFE:
         raise InvalidDicom(
             f"the data set's first element {tag_name(tag)} is not a data element: the byte order or "
