@@ -186,7 +186,9 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'radloop.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+# Health checks: a connection kept from an earlier request is pinged before reuse, so after a
+# database restart the next request reconnects instead of answering 500 (tests/faults).
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (web workers + a Celery worker) share the file: WAL lets readers run
     # beside one writer; IMMEDIATE transactions avoid lock-upgrade deadlocks.
