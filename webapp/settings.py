@@ -127,6 +127,7 @@ elif not SECRET_KEY:
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
+CSRF_FAILURE_VIEW = "webapp.dicomweb.errors.csrf_failure"  # JSON 403 under /dicomweb/, the usual page elsewhere
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -293,6 +294,12 @@ ARCHIVE_MAX_ZIP_RATIO = envint("ARCHIVE_MAX_ZIP_RATIO", 200)  # uncompressed / c
 # Absolute root used in RetrieveURL / BulkDataURI (never taken from the Host header).
 DICOMWEB_BASE_URL = env("DICOMWEB_BASE_URL", "http://127.0.0.1:8000/dicomweb")
 DICOMWEB_MAX_STOW_BYTES = envint("DICOMWEB_MAX_STOW_BYTES", 4 * 1024 * 1024 * 1024)
+# QIDO-RS pages: results without ?limit=, and the most one response holds (a larger limit is clamped,
+# with a "Warning: 299" header saying more results can be requested).
+DICOMWEB_QIDO_DEFAULT_LIMIT = envint("DICOMWEB_QIDO_DEFAULT_LIMIT", 1000)
+DICOMWEB_QIDO_MAX_LIMIT = envint("DICOMWEB_QIDO_MAX_LIMIT", 5000)
+# Frames one WADO-RS frames request may ask for (more, or the same frame twice, is a 400).
+DICOMWEB_MAX_FRAMES_PER_REQUEST = envint("DICOMWEB_MAX_FRAMES_PER_REQUEST", 1000)
 
 # --- Models -----------------------------------------------------------------------------------
 BASELINE_MODEL_PATH = env("BASELINE_MODEL_PATH", "ml/weights/baseline-v1.pt")

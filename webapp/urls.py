@@ -13,3 +13,5 @@ urlpatterns = [
     path("api/review/", include("webapp.review.urls")),
     path("django-admin/", admin.site.urls),
 ]
+
+handler500 = "webapp.dicomweb.errors.server_error"  # JSON under /dicomweb/, the usual page elsewhere

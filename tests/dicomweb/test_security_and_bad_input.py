@@ -121,11 +121,12 @@ def test_reads_are_audited_once_per_study_and_kind(client, cast, series):
 # --- bad input ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("frames, message", [("0", "does not exist"), ("4", "does not exist"), ("1,a", "whole numbers"), ("-1", "whole numbers")])
-def test_bad_frame_numbers_are_400(client, cast, series, frames, message):
+@pytest.mark.parametrize("frames, status, message", [("0", 400, "does not exist"), ("4", 404, "does not exist"),
+                                                     ("1,a", 400, "whole numbers"), ("-1", 400, "whole numbers")])
+def test_bad_frame_numbers_are_400_and_missing_frames_404(client, cast, series, frames, status, message):
     response = client.get(url_of(series, f"/frames/{frames}"), **bearer(cast.radiologist))
 
-    assert response.status_code == 400 and message in response.json()["error"]
+    assert response.status_code == status and message in response.json()["error"]
 
 
 @pytest.mark.parametrize("params", [{"window": "abc"}, {"window": "40,0"}, {"window": "40,400,cubic"}, {"viewport": "0,10"}, {"viewport": "a,b"}, {"quality": "101"}])

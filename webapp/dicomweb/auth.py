@@ -31,6 +31,13 @@ def dicomweb_view(*, store: bool = False):
         @csrf_exempt
         @wraps(view)
         def wrapped(request, *args, **kwargs):
+            response = _checked(request, *args, **kwargs)
+            # Patient data: never in a shared cache. Views that set their own (ETag'd, immutable
+            # frames) keep theirs, which are private too.
+            response.setdefault("Cache-Control", "private, no-cache")
+            return response
+
+        def _checked(request, *args, **kwargs):
             header = request.headers.get("Authorization", "")
             if header:
                 scheme, _, key = header.partition(" ")

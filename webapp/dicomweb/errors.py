@@ -20,3 +20,37 @@ def bad_request(message: str) -> DicomWebError:
 
 def not_acceptable(message: str) -> DicomWebError:
     return DicomWebError(406, message)
+
+
+# --- project-wide handlers: JSON under /dicomweb/, Django's pages elsewhere -------------------------
+
+DICOMWEB_PREFIX = "/dicomweb/"
+
+
+def _is_dicomweb(request) -> bool:
+    return request.path.startswith(DICOMWEB_PREFIX)
+
+
+def _json_error(message: str, status: int) -> JsonResponse:
+    response = JsonResponse({"error": message, "status": status}, status=status)
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def server_error(request):
+    """handler500: a DICOMweb client gets JSON (no trace, no detail); a browser gets the error page."""
+    if _is_dicomweb(request):
+        return _json_error("internal server error; the incident was logged", 500)
+    from django.views.defaults import server_error as html_server_error
+
+    return html_server_error(request)
+
+
+def csrf_failure(request, reason: str = ""):
+    """CSRF_FAILURE_VIEW: JSON 403 under /dicomweb/, Django's usual page elsewhere."""
+    if _is_dicomweb(request):
+        return _json_error(f"CSRF verification failed: {reason or 'missing or wrong CSRF token'}. "
+                           "A browser session must send the X-CSRFToken header; scripts use a bearer token.", 403)
+    from django.views.csrf import csrf_failure as html_csrf_failure
+
+    return html_csrf_failure(request, reason=reason)

@@ -1,4 +1,8 @@
-"""Rendered and thumbnail resources (PS3.18 §9.5, §10.4.1.1.3): consumer-ready PNG / JPEG."""
+"""Rendered and thumbnail resources (PS3.18 §9.5, §10.4.1.1.3): consumer-ready PNG / JPEG.
+
+Images keep their physical aspect (PixelSpacing) and are never larger than MAX_RENDERED_SIDE on a
+side: a larger viewport is scaled down to fit, so no request allocates more than a few MB.
+"""
 from __future__ import annotations
 
 import io
@@ -7,13 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from webapp.archive.rendering import display_window, window_to_uint8
+from webapp.archive.rendering import MAX_RENDERED_SIDE, display_window, fit, window_to_uint8
 
 from .errors import bad_request, not_acceptable
 from .media import MediaRange
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG"}
-MAX_VIEWPORT = 4096
+MAX_VIEWPORT_DIGITS = 9  # a viewport side is a number of pixels, not a 1,000-digit integer
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,13 @@ def parse_params(query, ranges: list[MediaRange], default_mime: str = "image/jpe
         window = (center, width, function)
     viewport = None
     if query.get("viewport"):
-        try:
-            vw, vh = (int(v) for v in query["viewport"].split(","))
-        except ValueError:
-            raise bad_request("viewport is width,height in pixels, e.g. viewport=256,256") from None
-        if not (1 <= vw <= MAX_VIEWPORT and 1 <= vh <= MAX_VIEWPORT):
-            raise bad_request(f"viewport sides must be between 1 and {MAX_VIEWPORT} pixels")
-        viewport = (vw, vh)
+        sides = query["viewport"].split(",")
+        if len(sides) != 2 or not all(v.strip().isdigit() and len(v.strip()) <= MAX_VIEWPORT_DIGITS for v in sides):
+            raise bad_request("viewport is width,height in pixels, e.g. viewport=256,256")
+        vw, vh = (int(v) for v in sides)
+        if vw < 1 or vh < 1:
+            raise bad_request("viewport sides must be at least 1 pixel")
+        viewport = (min(vw, MAX_RENDERED_SIDE), min(vh, MAX_RENDERED_SIDE))
     try:
         quality = int(query.get("quality", 90))
     except ValueError:
@@ -63,11 +67,13 @@ def _pick_format(ranges: list[MediaRange], default: str) -> str:
     raise not_acceptable("rendered images are available as image/jpeg or image/png")
 
 
-def render(values: np.ndarray, header, params: RenderParams, aspect: float = 1.0) -> bytes:
-    """values: (rows, cols) modality values or (rows, cols, 3) colour; aspect = row/col spacing."""
+def render(values: np.ndarray, header, params: RenderParams) -> bytes:
+    """values: (rows, cols) modality values or (rows, cols, 3) colour; the header gives the window,
+    photometric interpretation and PixelSpacing (aspect). At most MAX_RENDERED_SIDE per side."""
     if values.ndim == 3:
-        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="RGB")
+        image = Image.fromarray(np.clip(np.nan_to_num(values), 0, 255).astype(np.uint8), mode="RGB")
     else:
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         center, width, function = params.window or (*display_window(header, values), "linear")
         if function == "sigmoid":
             pixels = (255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))).astype(np.uint8)
@@ -78,22 +84,11 @@ def render(values: np.ndarray, header, params: RenderParams, aspect: float = 1.0
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             pixels = 255 - pixels
         image = Image.fromarray(pixels, mode="L")
-    if aspect != 1.0:
-        image = image.resize((image.width, max(1, round(image.height * aspect))), Image.BILINEAR)
-    if params.viewport:
-        scale = min(params.viewport[0] / image.width, params.viewport[1] / image.height)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+    # Without a viewport: the image's own size (aspect-corrected), within the cap.
+    image = fit(image, header, params.viewport or (min(image.width, MAX_RENDERED_SIDE), MAX_RENDERED_SIDE))
     out = io.BytesIO()
     if params.mime == "image/jpeg":
         image.save(out, format="JPEG", quality=params.quality)
     else:
         image.save(out, format="PNG", compress_level=1)  # fast: rendered PNGs are made per request
     return out.getvalue()
-
-
-def pixel_aspect(header) -> float:
-    try:
-        spacing = header.PixelSpacing
-        return float(spacing[0]) / float(spacing[1])
-    except (AttributeError, TypeError, ValueError, IndexError, ZeroDivisionError):
-        return 1.0

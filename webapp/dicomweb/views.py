@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import gzip
-import json
-
 import hashlib
+import json
+import logging
 
 from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from webapp.accounts.services import audit
 from webapp.archive.access import get_series_for_user, get_study_for_user, studies_for_user
 from webapp.archive.models import Instance, Series
+from webapp.archive.rendering import UnrenderableImage
 from webapp.archive.services import prepare_series
 from webapp.archive.storage import archive_storage
 
@@ -24,6 +25,8 @@ from .auth import dicomweb_view
 from .dicomjson import valid_uid
 from .errors import DicomWebError
 from .media import multipart_bytes, multipart_stream, parse_accept
+
+log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -121,11 +124,14 @@ def _or_404(getter, *args):
 def _search(request, results: list[dict], query: qido.Query) -> HttpResponse:
     audit(request.user, "dicomweb.search", object_type="query", object_id=request.path[:128],
           details={"query": request.GET.urlencode()[:500], "results": len(results)}, request=request)
-    if not results:
-        return HttpResponse(status=204)
-    response = json_response(results, request)
+    warnings = []
     if query.ignored:
-        response["Warning"] = f'299 RadLoop "matching on {", ".join(query.ignored)} is not supported; ignored"'
+        warnings.append(f'299 RadLoop "matching on {", ".join(query.ignored)} is not supported; ignored"')
+    if query.truncated:
+        warnings.append(qido.TRUNCATED_WARNING)
+    response = json_response(results, request) if results else HttpResponse(status=204)
+    if warnings:
+        response["Warning"] = ", ".join(warnings)
     return response
 
 
@@ -233,6 +239,13 @@ def _retrieve(request, instances: list[Instance], study_uid: str) -> HttpRespons
     if not instances:
         raise DicomWebError(404, "nothing stored here")
     wado.check_dicom_accept(parse_accept(request.headers.get("Accept")), {i.transfer_syntax_uid for i in instances})
+    storage = archive_storage()
+    missing = [i for i in instances if not storage.exists(i.file_path)]
+    if missing:
+        log.warning("retrieve: %d stored file(s) missing, e.g. instance %s", len(missing), missing[0].pk)
+        if len(missing) == len(instances):
+            raise DicomWebError(404, "the stored files of these instances are missing")
+        instances = [i for i in instances if i not in missing]
     audit_read(request, study_uid, "retrieve")
     parts = ((f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", wado.file_chunks(i)) for i in instances)
     return multipart_stream(parts, "application/dicom")
@@ -306,7 +319,11 @@ def _rendered(request, inst: Instance, frame: int, default_viewport: tuple[int, 
     if response := not_modified(request, etag):
         return response
     values, header = wado.frame_values(inst, frame)
-    body = rendered.render(values, header, params, rendered.pixel_aspect(header))
+    try:
+        body = rendered.render(values, header, params)
+    except Exception as exc:  # noqa: BLE001 - values from a stored file: never a 500
+        log.warning("rendered: instance %s frame %s not renderable (%s)", inst.pk, frame, type(exc).__name__)
+        raise wado.UnreadablePixels("the image cannot be rendered") from None
     return cached(HttpResponse(body, content_type=params.mime), etag)
 
 
@@ -329,16 +346,16 @@ def frame_rendered(request, study_uid: str, series_uid: str, sop_uid: str, frame
 @dicomweb_view()
 @require_GET
 def instance_thumbnail(request, study_uid: str, series_uid: str, sop_uid: str):
-    return _rendered(request, get_instance(request, study_uid, series_uid, sop_uid), 1, default_viewport=(128, 128))
+    try:
+        return _rendered(request, get_instance(request, study_uid, series_uid, sop_uid), 1, default_viewport=(128, 128))
+    except wado.UnreadablePixels as exc:
+        raise DicomWebError(404, f"no thumbnail: {exc.message}") from None
 
 
 def _series_thumbnail(request, series: Series) -> HttpResponse:
     params = rendered.parse_params(request.GET, parse_accept(request.headers.get("Accept")), default_mime="image/png")
-    if not series.thumbnail:
-        series = prepare_series(series.pk)
     audit_read(request, series.study.study_uid, "thumbnail")
-    with archive_storage().open(series.thumbnail, "rb") as f:
-        png = f.read()
+    png = _stored_thumbnail(series)
     if params.mime != "image/png":
         import io
 
@@ -348,6 +365,24 @@ def _series_thumbnail(request, series: Series) -> HttpResponse:
         Image.open(io.BytesIO(png)).convert("L").save(out, format="JPEG", quality=params.quality)
         png = out.getvalue()
     return HttpResponse(png, content_type=params.mime)
+
+
+def _stored_thumbnail(series: Series) -> bytes:
+    """The series' thumbnail PNG, made now if the series was not prepared; 404 with the reason
+    when its images cannot be rendered."""
+    try:
+        if not series.thumbnail:
+            series = prepare_series(series.pk)
+        if series.thumbnail:
+            with archive_storage().open(series.thumbnail, "rb") as f:
+                return f.read()
+        reason = "the series has no images"
+    except UnrenderableImage as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - stored data is untrusted: never a 500
+        log.warning("thumbnail: series %s not renderable (%s)", series.pk, type(exc).__name__)
+        reason = "its images cannot be read"
+    raise DicomWebError(404, f"no thumbnail for this series: {reason}")
 
 
 @dicomweb_view()
