@@ -306,6 +306,12 @@ BASELINE_MODEL_PATH = env("BASELINE_MODEL_PATH", "ml/weights/baseline-v1.pt")
 # A running inference without a heartbeat for this long (its worker died), or a queued one this
 # old (its message was lost), is queued again when a worker starts or an admin asks.
 INFERENCE_STALE_SECONDS = envint("INFERENCE_STALE_SECONDS", 300)
+# A run whose worker was killed (out of memory) this many times in a row fails instead of running again.
+INFERENCE_MAX_ATTEMPTS = envint("INFERENCE_MAX_ATTEMPTS", 2)
+# The largest CT grid built from a series (acquired + interpolated slices; voxels): a bigger one is
+# refused with its reason before any memory is taken (ml.volumes.plan_grid).
+VOLUME_MAX_SLICES = envint("VOLUME_MAX_SLICES", 2000)
+VOLUME_MAX_VOXELS = envint("VOLUME_MAX_VOXELS", 2000 * 512 * 512)
 # A series sent by STOW-RS (a PACS may send one series over many requests) counts as complete once no
 # instance of it arrived for this long; an upload batch ends its series at once.
 SERIES_QUIET_SECONDS = envint("SERIES_QUIET_SECONDS", 30)
@@ -386,6 +392,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # every login's bookkeeping at INFO; lockouts stay (and are audited)
         # Failed decodes become a rejection reason for the uploader; no traceback in the log.
         "pydicom.pixels.decoders.base": {"level": "CRITICAL"},
     },

@@ -91,7 +91,11 @@ function showResult(r) {
   const row = document.createElement('tr');
   row.className = `outcome-${r.outcome}`;
   for (const text of [r.name, r.outcome, r.reason || '']) {
-    const td = document.createElement('td'); td.textContent = text; row.appendChild(td);
+    const td = document.createElement('td');
+    const b = document.createElement('bdi'); // file names and reasons may carry bidi controls
+    b.textContent = text;
+    td.appendChild(b);
+    row.appendChild(td);
   }
   const body = $('results').tBodies[0];
   // Problems first: rejected rows go to the top where the admin looks.
@@ -145,7 +149,9 @@ async function upload(files) {
   for (const st of summary.studies) {
     const a = document.createElement('a');
     a.href = STUDY_URL.replace('__UID__', st.study_uid);
-    a.textContent = `Open ${st.patient || '(no name)'} · ${st.patient_id || '—'} · ${st.study_date || 'no date'}`;
+    // Names and IDs come from the files: each in its own bidi isolate (a U+202E reorders only itself).
+    const isolate = (text) => { const b = document.createElement('bdi'); b.textContent = text; return b; };
+    a.append('Open ', isolate(st.patient || '(no name)'), ' · ', isolate(st.patient_id || '—'), ` · ${st.study_date || 'no date'}`);
     a.title = st.description; a.className = 'button study-link';
     links.appendChild(a);
   }

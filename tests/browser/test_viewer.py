@@ -288,7 +288,7 @@ def test_a_second_reader_with_a_stale_revision_gets_the_conflict_message(browser
     study = phantom_case["study"]
     pages = []
     for user in (cast.radiologist, cast.radiologist2):
-        context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 900})
+        context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 900}, bypass_csp=True)  # see conftest.page
         p = context.new_page()
         log_in(p, user.username, PASSWORD)
         open_viewer(p, study)

@@ -207,7 +207,7 @@ def test_candidates_below_the_operating_point_show_only_on_request(page, cast, p
 @pytest.mark.parametrize("size", [(1400, 900), (1920, 1080)])
 def test_the_three_mpr_views_fit_their_cells_without_overlapping(browser, live_server, cast, phantom_case, size):
     width, height = size
-    context = browser.new_context(base_url=live_server.url, viewport={"width": width, "height": height})
+    context = browser.new_context(base_url=live_server.url, viewport={"width": width, "height": height}, bypass_csp=True)  # see conftest.page
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

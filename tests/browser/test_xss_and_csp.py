@@ -188,3 +188,29 @@ def test_the_viewer_decodes_jpeg_2000_under_the_csp(watched, live_server, cast, 
     assert page.evaluate("window.radloopViewer.error") is None
     assert_no_markup_ran(page)
     assert csp_violations(page) == []
+
+
+def test_the_viewer_shows_the_series_geometry_warnings_as_text(watched, live_server, cast, monkeypatch):
+    page = watched
+    monkeypatch.setattr("webapp.jobs.enqueue", lambda *a, **k: "not-sent")
+    _, token = ApiToken.issue(cast.admin, "pacs")
+    assert stow(live_server.url, token, hostile_slices(4, study="geo-study", patient_id="GEO-1")) == 200
+    series = Study.objects.get(patient_id="GEO-1").series.get()
+    # What prepare_series records for a flagged series (one sentence per problem).
+    series.geometry_warnings = ["Slices belong to 2 frames of reference.", f"Pixel spacing is missing {SERIES_MARKUP}."]
+    series.save(update_fields=["geometry_warnings"])
+
+    log_in(page, cast.radiologist.username, PASSWORD)
+    open_viewer(page, series.study)
+
+    strip = page.locator("#geometry-warning")
+    assert strip.is_visible()
+    assert strip.inner_text() == (f"Geometry: Slices belong to 2 frames of reference. · Pixel spacing is missing {SERIES_MARKUP}.")
+    screenshot(page, "xss-viewer-geometry-warning")
+    assert_no_markup_ran(page)
+    assert csp_violations(page) == []
+
+    series.geometry_warnings = []
+    series.save(update_fields=["geometry_warnings"])
+    open_viewer(page, series.study)
+    assert not page.locator("#geometry-warning").is_visible()
