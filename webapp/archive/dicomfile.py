@@ -396,9 +396,7 @@ def inflate_deflated(src: BinaryIO, size: int, out: BinaryIO) -> int:
     finally:
         if isinstance(buf, mmap.mmap):
             buf.close()
-    header_cap = limit("ARCHIVE_MAX_HEADER_BYTES", 16 * 2**20)
-    head = _inflate(src, start, size, cap=header_cap, stop_at_cap=True)
-    pixel_at = _pixel_tag_offset(head, header_cap)
+    head, pixel_at = _inflate_header(src, start, size, limit("ARCHIVE_MAX_HEADER_BYTES", 16 * 2**20))
     if pixel_at is None:
         cap = len(head)  # no pixel data: parse_dicom will say so
     else:
@@ -427,63 +425,71 @@ def _skip_preamble(fp: BinaryIO) -> BinaryIO:
     return fp
 
 
-def _inflate(src: BinaryIO, start: int, size: int, *, cap: int, out: BinaryIO | None = None,
-             stop_at_cap: bool = False):
-    """Raw-deflate stream from ``start``: into ``out`` (returns the byte count) or into memory
-    (returns the bytes). Never holds or writes more than ``cap`` inflated bytes."""
+def _inflate_header(src: BinaryIO, start: int, size: int, header_cap: int) -> tuple[bytes, int | None]:
+    """Inflate just enough of the data set to reach its pixel data element (in doubling steps, at
+    most ``header_cap`` bytes): (the inflated bytes, the element's offset in them or None)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    kept, total = [], 0
+    src.seek(start)
+    remaining, pending, head, target = size - start, b"", bytearray(), 64 * 1024
+    try:
+        while True:
+            while len(head) < target and not inflater.eof:
+                if not pending:
+                    if remaining <= 0:
+                        break
+                    pending = src.read(min(INFLATE_CHUNK, remaining))
+                    remaining -= len(pending)
+                head += inflater.decompress(pending, target - len(head))
+                pending = inflater.unconsumed_tail
+            ended = inflater.eof or (remaining <= 0 and not pending)
+            try:
+                pixel_at = dicomwalk.find_pixel_element(head, len(head), **_walk_limits())
+                if pixel_at is not None or ended:
+                    return bytes(head), pixel_at
+            except dicomwalk.Truncated:
+                if ended:
+                    raise InvalidDicom("deflated data set is truncated before its pixel data") from None
+            if target >= header_cap:
+                raise InvalidDicom(
+                    f"deflated data set's header is larger than the limit of {header_cap // 2**20} MB",
+                    OUT_OF_RESOURCES,
+                )
+            target = min(2 * target, header_cap)
+    except zlib.error as exc:
+        raise InvalidDicom(f"corrupt deflated data set: {exc}") from None
+
+
+def _inflate(src: BinaryIO, start: int, size: int, *, cap: int, out: BinaryIO) -> int:
+    """Inflate the raw-deflate stream from ``start`` into ``out``, streamed; return the byte count.
+    Refuses (and stops) as soon as more than ``cap`` bytes come out."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
     src.seek(start)
     remaining = size - start
     pending = b""
     try:
-        while True:
+        while not inflater.eof:
             if not pending:
-                if remaining <= 0 or inflater.eof:
+                if remaining <= 0:
                     break
                 pending = src.read(min(INFLATE_CHUNK, remaining))
                 remaining -= len(pending)
-                if not pending:
-                    break
             chunk = inflater.decompress(pending, min(INFLATE_CHUNK, cap + 1 - total))
             pending = inflater.unconsumed_tail
             total += len(chunk)
             if total > cap:
-                if stop_at_cap:
-                    kept.append(chunk[: len(chunk) - (total - cap)])
-                    return b"".join(kept)
                 raise InvalidDicom(
                     f"deflated data set inflates past the {cap} bytes its image attributes imply "
                     "(decompression bomb?)", OUT_OF_RESOURCES,
                 )
-            if out is None:
-                kept.append(chunk)
-            else:
-                out.write(chunk)
-            if inflater.eof:
-                break
+            out.write(chunk)
     except zlib.error as exc:
         raise InvalidDicom(f"corrupt deflated data set: {exc}") from None
     if not inflater.eof:
         raise InvalidDicom("deflated data set is truncated (the deflate stream does not end)")
     if inflater.unused_data or pending or remaining > 0:
         raise InvalidDicom("bytes trail after the deflated data set")
-    return b"".join(kept) if out is None else total
-
-
-def _pixel_tag_offset(head: bytes, header_cap: int) -> int | None:
-    """Offset in the inflated ``head`` of the top-level pixel data element, or None if none."""
-    size = len(head)
-    try:
-        walked = dicomwalk.find_pixel_element(head, size)
-    except dicomwalk.Truncated:
-        if size >= header_cap:
-            raise InvalidDicom(
-                f"deflated data set's header is larger than the limit of {header_cap // 2**20} MB",
-                OUT_OF_RESOURCES,
-            ) from None
-        raise InvalidDicom("deflated data set is truncated before its pixel data") from None
-    return walked
+    return total
 
 
 def _int(ds, keyword: str) -> int | None:

@@ -227,10 +227,11 @@ def read_meta(buf, size: int) -> tuple[int, dict[int, bytes]]:
     return pos, values
 
 
-def find_pixel_element(buf, size: int, enc: Encoding = EXPLICIT_LE) -> int | None:
+def find_pixel_element(buf, size: int, enc: Encoding = EXPLICIT_LE, *, max_items: int, max_elements: int,
+                       max_depth: int) -> int | None:
     """Offset of the top-level pixel data element in ``buf`` (a data set without file meta), or
     None when the data set ends without one. Raises Truncated when ``buf`` ends inside an element."""
-    walker = _Walker(buf, size, enc, max_items=10**9, max_elements=10**9, max_depth=64)
+    walker = _Walker(buf, size, enc, max_items=max_items, max_elements=max_elements, max_depth=max_depth)
     pos = 0
     while pos < size:
         tag, vr, length, value = walker.header(pos, enc)
