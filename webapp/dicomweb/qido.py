@@ -233,6 +233,7 @@ SERIES_DB = {
     "Manufacturer": lambda s: s.manufacturer,
     "PixelSpacing": lambda s: _spacing(s.pixel_spacing_row_mm, s.pixel_spacing_col_mm),
     "SliceThickness": lambda s: s.slice_thickness_mm,
+    "ImageOrientationPatient": lambda s: s.image_orientation,
     "KVP": lambda s: s.kvp,
     "ConvolutionKernel": lambda s: s.convolution_kernel,
 }
