@@ -214,3 +214,28 @@ def test_the_viewer_shows_the_series_geometry_warnings_as_text(watched, live_ser
     series.save(update_fields=["geometry_warnings"])
     open_viewer(page, series.study)
     assert not page.locator("#geometry-warning").is_visible()
+
+
+def test_the_django_admin_works_under_the_csp(watched, cast):
+    """The admin's own scripts are files; django-celery-beat's inline one is replaced by
+    static/js/periodictask_admin.js (webapp/templates/admin/djcelery/)."""
+    from django_celery_beat.models import CrontabSchedule
+
+    page = watched
+    cast.admin.is_staff = cast.admin.is_superuser = True
+    cast.admin.save()
+    crontab = CrontabSchedule.objects.create(minute="30", hour="2")
+    log_in(page, cast.admin.username, PASSWORD)
+
+    response = page.goto("/django-admin/")
+    assert_csp_header(response)
+    page.goto("/django-admin/auth/user/")
+    page.locator("#result_list").wait_for()
+    page.goto("/django-admin/django_celery_beat/periodictask/add/")
+    page.select_option("#id_crontab", str(crontab.pk))
+    help_text = page.locator(".field-crontab .help").inner_text()
+    assert "Translation: At 02:30" in help_text, help_text
+    assert not page.locator(".field-crontab_translation").is_visible()
+    screenshot(page, "csp-admin-periodic-task")
+    assert_no_markup_ran(page)
+    assert csp_violations(page) == []
