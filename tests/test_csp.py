@@ -76,7 +76,7 @@ def test_the_login_page_has_a_strict_policy(client, db):
     assert_strict(client.get(reverse("login")))
 
 
-@pytest.mark.parametrize("path", ["/studies/", "/upload/", "/jobs/", "/models/", "/audit/"])
+@pytest.mark.parametrize("path", ["/studies/", "/upload/", "/jobs/", "/models/", "/audit/", "/tokens/", "/quarantine/"])
 def test_every_admin_page_has_a_strict_policy(admin_client, study, path):
     assert_strict(admin_client.get(path))
 
@@ -113,6 +113,25 @@ def test_a_page_that_failed_still_has_the_policy(radiologist_client):
 
     assert response.status_code == 404
     assert "script-src 'self'" in response["Content-Security-Policy"]
+
+
+def test_report_only_mode_sends_the_same_policy_under_the_report_only_header(client, db, settings):
+    settings.CONTENT_SECURITY_POLICY_REPORT_ONLY = True
+    response = client.get(reverse("login"))
+
+    assert "Content-Security-Policy" not in response
+    assert response["Content-Security-Policy-Report-Only"].startswith("default-src 'self'; script-src 'self';")
+
+
+def test_json_and_images_carry_no_policy(radiologist_client, study):
+    """Only documents get the header (hundreds of frame and JSON requests per viewer do not need it)."""
+    series = study.series.get()
+    thumbnail = radiologist_client.get(reverse("archive:series_thumbnail", args=[series.series_uid]))
+    review = radiologist_client.get(f"/api/review/studies/{study.study_uid}/")
+
+    assert thumbnail.status_code == 200 and review.status_code == 200
+    assert "Content-Security-Policy" not in thumbnail and "Content-Security-Policy" not in review
+    assert review["X-Content-Type-Options"] == "nosniff"
 
 
 def test_no_template_has_inline_script_or_style():

@@ -202,8 +202,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Content-Security-Policy (webapp/security.py) ------------------------------------------
-# No inline script anywhere: data reaches scripts through json_script / data- attributes. A view that
-# needs more says so itself (@csp_extend); CONTENT_SECURITY_POLICY_BY_PATH adds sources under a path.
+# No inline script or style anywhere: data reaches scripts through json_script / data- attributes. No
+# page needs more (the viewer's WebAssembly codecs run in a worker under its static file's policy).
 CONTENT_SECURITY_POLICY = {
     "default-src": ["'self'"],
     "script-src": ["'self'"],
@@ -216,7 +216,6 @@ CONTENT_SECURITY_POLICY = {
     "frame-ancestors": ["'none'"],
     "form-action": ["'self'"],
 }
-CONTENT_SECURITY_POLICY_BY_PATH: dict[str, dict[str, list[str]]] = {}
 CONTENT_SECURITY_POLICY_REPORT_ONLY = envbool("CSP_REPORT_ONLY", False)  # only to trial a change
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
