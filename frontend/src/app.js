@@ -1,6 +1,7 @@
 // RadLoop CT viewer proper, loaded by the page's entry (main.js) once the first image is painted:
 // opens the study's series in Cornerstone, wires the findings panel, keyboard and mouse, and exposes
 // window.radloopViewer for tests and benchmarks.
+import './csp.js'; // first: before Cornerstone draws anything
 import { HttpError, getJSON } from './api.js';
 import { CTViewer, PRESETS, initCornerstone } from './viewer.js';
 import { defaultSeries, listSeries, loadSeries } from './series.js';

@@ -239,3 +239,28 @@ def test_the_django_admin_works_under_the_csp(watched, cast):
     screenshot(page, "csp-admin-periodic-task")
     assert_no_markup_ran(page)
     assert csp_violations(page) == []
+
+
+def test_a_length_measurement_is_labelled_under_the_csp(watched, live_server, cast, monkeypatch):
+    """Cornerstone's measurement labels are SVG text styled through the style attribute, which a strict
+    policy refuses unless the viewer sets it through CSSOM (frontend/src/csp.js)."""
+    page = watched
+    monkeypatch.setattr("webapp.jobs.enqueue", lambda *a, **k: "not-sent")
+    _, token = ApiToken.issue(cast.admin, "pacs")
+    assert stow(live_server.url, token, hostile_slices(4, study="len-study", patient_id="LEN-1")) == 200
+    log_in(page, cast.radiologist.username, PASSWORD)
+    open_viewer(page, Study.objects.get(patient_id="LEN-1"))
+
+    page.keyboard.press("l")
+    box = page.locator("#vp-axial .vp-el").bounding_box()
+    x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + box["width"] * 0.3, y, steps=6)
+    page.mouse.up()
+    wait_until(page, "[...document.querySelectorAll('#vp-axial svg text')].some((t) => t.textContent.includes('mm'))", 10)
+    label = page.locator("#vp-axial svg text", has_text="mm").first
+    assert label.evaluate("t => t.style.filter").startswith("url(")  # Cornerstone's drop shadow is applied
+    screenshot(page, "csp-viewer-length")
+    assert_no_markup_ran(page)
+    assert csp_violations(page) == []
