@@ -181,15 +181,16 @@ def test_it_rejects_an_unsupported_transfer_syntax(batch, archive_dir):
     assert_nothing_stored(archive_dir)
 
 
-def test_it_rejects_a_slice_whose_geometry_contradicts_its_series(batch, archive_dir):
+def test_a_slice_whose_geometry_contradicts_its_series_is_stored_and_the_series_flagged(batch, archive_dir):
     ingest(batch, to_bytes(ct_slice(index=0)))
 
     outcome = ingest(batch, to_bytes(ct_slice(index=1, rows=32, columns=32)))
     other_spacing = ingest(batch, to_bytes(ct_slice(index=2, spacing_mm=(0.9, 0.9))))
 
-    assert outcome.outcome == "rejected" and "inconsistent series geometry: matrix 32×32" in outcome.reason
-    assert other_spacing.outcome == "rejected" and "row spacing 0.9 mm" in other_spacing.reason
-    assert Instance.objects.count() == 1
+    assert outcome.outcome == "stored" and other_spacing.outcome == "stored"  # no data is lost
+    assert Instance.objects.count() == 3
+    series = services.prepare_series(Series.objects.get().pk)
+    assert any("differ from the rest of the series" in w for w in series.geometry_warnings)
 
 
 def test_a_localizer_in_a_ct_series_is_not_a_geometry_conflict(batch):
@@ -275,7 +276,7 @@ def test_prepare_series_measures_spacing_from_positions_and_renders_a_thumbnail(
     series = services.prepare_series(Series.objects.get().pk)
 
     assert series.slice_spacing_mm == pytest.approx(1.25)
-    assert series.geometry_notes == ""
+    assert series.geometry_warnings == []
     png = (archive_dir / series.thumbnail).read_bytes()
     assert png.startswith(b"\x89PNG")
 
@@ -288,8 +289,8 @@ def test_prepare_series_reports_gaps_and_duplicate_positions(batch):
     series = services.prepare_series(Series.objects.get().pk)
 
     assert series.slice_spacing_mm == pytest.approx(2.5)
-    assert "1 gap(s)" in series.geometry_notes
-    assert "share a position" in series.geometry_notes
+    assert "2 missing slice(s) in 1 gap(s) filled by linear interpolation." in series.geometry_warnings
+    assert "1 slice(s) at a duplicate position dropped (first kept)." in series.geometry_warnings
 
 
 def test_uids_are_what_the_factory_promises():

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.volumes import SeriesError, Volume, load_series, resample, resample_mask, resample_to_reference
+from ml.volumes import (SeriesError, Volume, geometry_warnings, load_series, resample, resample_mask,
+                        resample_to_reference, slice_geometry)
 
 from .dicom_factory import make_series, make_slice
 
@@ -135,3 +136,129 @@ def test_an_empty_or_all_localizer_series_is_refused():
     scout = make_slice(np.zeros((5, 4)), (0, 0, 0), (1, 0, 0), (0, 0, -1), image_type=("ORIGINAL", "LOCALIZER"))
     with pytest.raises(SeriesError, match="no usable"):
         load_series([scout])
+
+
+# -- hostile geometry -------------------------------------------------------------------------
+
+
+def test_a_scaled_orientation_gives_the_true_slice_spacing_and_is_flagged():
+    series = make_series(ramp((4, 3, 3)), spacing_zyx=(2.5, 0.8, 0.7))
+    for ds in series:
+        ds.ImageOrientationPatient = [2.0, 0.0, 0.0, 0.0, 2.0, 0.0]   # lengths 2, not 1
+    volume, _ = load_series(series)
+    assert volume.spacing_zyx_mm[0] == pytest.approx(2.5)          # not 10 mm
+    np.testing.assert_allclose(volume.direction, np.eye(3))
+    warnings = geometry_warnings([slice_geometry(ds) for ds in series])
+    assert any("not unit length on 4 image(s)" in w and "normalised" in w for w in warnings)
+
+
+def test_four_slices_with_extreme_positions_are_refused_before_allocating():
+    series = make_series(ramp((4, 3, 3)), spacing_zyx=(1.0, 0.8, 0.7))
+    series[3].ImagePositionPatient = [-10.0, 20.0, 200_000.0]
+    with pytest.raises(SeriesError, match="at most 2000"):
+        load_series(series)
+
+
+def test_the_slice_and_voxel_caps_are_parameters():
+    series = make_series(ramp((6, 5, 4)))
+    with pytest.raises(SeriesError, match="at most 5 are built"):
+        load_series(series, max_slices=5)
+    with pytest.raises(SeriesError, match="voxels; at most 100"):
+        load_series(series, max_voxels=100)
+    assert load_series(series, max_slices=6, max_voxels=120)[0].shape == (6, 5, 4)
+
+
+def test_a_volume_that_would_be_mostly_interpolated_is_refused():
+    series = make_series(ramp((4, 3, 3)), spacing_zyx=(1.0, 0.8, 0.7))
+    series[3].ImagePositionPatient = [-10.0, 20.0, -100.0 + 40.0]   # 37 slices missing before the last
+    with pytest.raises(SeriesError, match="mostly interpolated"):
+        load_series(series)
+
+
+def test_one_slice_with_another_pixel_spacing_or_frame_of_reference_is_left_out_and_flagged():
+    hu = ramp()
+    series = make_series(hu)
+    for ds in series:
+        ds.FrameOfReferenceUID = "1.2.3"
+    series[2].PixelSpacing = [0.9, 0.9]
+    series[3].FrameOfReferenceUID = "1.2.4"
+    volume, report = load_series(series)
+    assert volume.shape == hu.shape and report.n_used == 4 and report.gaps_filled == 2
+    reasons = dict(report.excluded)
+    assert "pixel spacing 0.9×0.9 mm" in reasons[2] and "FrameOfReferenceUID" in reasons[3]
+    warnings = geometry_warnings([slice_geometry(ds) for ds in series])
+    assert "The images of this series lie in 2 frames of reference (FrameOfReferenceUID differs)." in warnings
+    assert any("2 image(s) differ from the rest of the series" in w for w in warnings)
+
+
+@pytest.mark.parametrize("attribute, value, refusal, flag", [
+    ("PixelSpacing", [0.0, 0.7], "PixelSpacing is missing, zero or negative", "PixelSpacing is zero, negative or not a number on 6"),
+    ("PixelSpacing", [-0.8, 0.7], "PixelSpacing is missing, zero or negative", "PixelSpacing is zero, negative or not a number on 6"),
+    ("PixelSpacing", None, "PixelSpacing is missing, zero or negative", "PixelSpacing is missing on 6"),
+    ("ImageOrientationPatient", [1, 0, 0, 0.2, 1, 0], "not perpendicular", "not perpendicular on 6 image(s) (78.7°)"),
+    ("ImageOrientationPatient", [0, 0, 0, 0, 1, 0], "zero-length vector", "not unit length on 6"),
+    ("ImagePositionPatient", [float("nan"), 0.0, 0.0], "not three finite numbers", "not a finite number (NaN or infinity) on 6"),
+    ("ImagePositionPatient", [0.0, float("inf"), 0.0], "not three finite numbers", "not a finite number (NaN or infinity) on 6"),
+])
+def test_every_image_with_untrustworthy_geometry_refuses_the_volume_with_the_reason(attribute, value, refusal, flag):
+    series = make_series(ramp())
+    for ds in series:
+        if value is None:
+            delattr(ds, attribute)
+        else:
+            setattr(ds, attribute, value)
+    with pytest.raises(SeriesError, match=refusal):
+        load_series(series)
+    warnings = geometry_warnings([slice_geometry(ds) for ds in series])
+    assert any(flag in w for w in warnings), warnings
+    assert warnings[-1].startswith("No CT volume can be built:")
+
+
+def test_one_nan_position_leaves_that_slice_out_and_the_rest_is_read():
+    hu = ramp((7, 3, 3))
+    series = make_series(hu)
+    series[6].ImagePositionPatient = [float("nan"), 20.0, -88.0]
+    volume, report = load_series(series)
+    assert volume.shape == (6, 3, 3)
+    assert "not three finite numbers" in dict(report.excluded)[6]
+    warnings = geometry_warnings([slice_geometry(ds) for ds in series])
+    assert warnings[0] == "ImagePositionPatient is not a finite number (NaN or infinity) on 1 image(s)."
+
+
+def test_duplicates_gaps_and_irregular_steps_are_flagged_as_sentences():
+    series = make_series(ramp((7, 3, 3)))
+    gappy = [*series[:3], *series[4:], series[1]]
+    warnings = geometry_warnings([slice_geometry(ds) for ds in gappy])
+    assert warnings == ["1 slice(s) at a duplicate position dropped (first kept).",
+                        "1 missing slice(s) in 1 gap(s) filled by linear interpolation."]
+    series[2].ImagePositionPatient = [-10.0, 20.0, -100.0 + 2 * 2.0 + 0.7]
+    warnings = geometry_warnings([slice_geometry(ds) for ds in series])
+    assert len(warnings) == 1 and warnings[0].startswith("No CT volume can be built: irregular slice positions")
+
+
+def test_a_clean_series_has_no_geometry_warnings():
+    assert geometry_warnings([slice_geometry(ds) for ds in make_series(ramp())]) == []
+
+
+def test_a_multi_frame_ct_is_refused_by_the_pre_read_with_its_reason():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("emri_small.dcm")   # a multi-frame image (per-frame functional groups)
+    with pytest.raises(SeriesError, match="multi-frame CT .* is not supported by the AI pre-read"):
+        load_series([path])
+
+
+def test_a_deflated_ct_series_is_read(tmp_path):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    hu = ramp()
+    paths = []
+    for k, ds in enumerate(make_series(hu)):
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        paths.append(tmp_path / f"{k}.dcm")
+        pydicom.dcmwrite(paths[-1], ds, enforce_file_format=True)
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    volume, report = load_series(paths)
+    np.testing.assert_array_equal(volume.hu, hu)

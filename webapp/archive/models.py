@@ -83,8 +83,9 @@ class Series(models.Model):
     image_orientation = models.JSONField(null=True, blank=True)  # six direction cosines
     kvp = models.FloatField(null=True, blank=True)
     convolution_kernel = models.CharField(max_length=64, blank=True)
-    # Set by prepare_series: problems a reader should know (gaps, duplicate positions...).
-    geometry_notes = models.TextField(blank=True)
+    # Set by prepare_series (ml.volumes.geometry_warnings): sentences a reader must see (mixed frames
+    # of reference, bad PixelSpacing or orientation, NaN positions, gaps, duplicates, images left out).
+    geometry_warnings = models.JSONField(default=list, blank=True)
     thumbnail = models.CharField(max_length=255, blank=True)  # path in the archive storage
     prepared_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -112,6 +113,10 @@ class Instance(models.Model):
     position_y_mm = models.FloatField(null=True, blank=True)
     position_z_mm = models.FloatField(null=True, blank=True)
     image_orientation = models.JSONField(null=True, blank=True)
+    # This image's own PixelSpacing [row, column] mm and FrameOfReferenceUID (the series row keeps
+    # the first image's): the grid rule compares them across the series.
+    pixel_spacing_mm = models.JSONField(null=True, blank=True)
+    frame_of_reference_uid = models.CharField(max_length=64, blank=True)
     slice_location_mm = models.FloatField(null=True, blank=True)
     rows = models.PositiveIntegerField()
     columns = models.PositiveIntegerField()

@@ -1,9 +1,8 @@
 """The voxel grid of a series, as ``ml.volumes.load_series`` builds it, from the archive's rows.
 
-Viewer masks live on this grid, so it must be the same one the AI used: slices kept (no localizers,
-the majority orientation and matrix), ordered by ImagePositionPatient projected on the slice normal
-(ascending), duplicate positions dropped (first kept), slice spacing = the median step, and gaps
-filled by slices synthesised by linear interpolation (they get a z index but no file).
+Viewer masks live on this grid, so it must be the same one the AI used: both come from the one grid
+rule, ``ml.volumes.plan_grid`` (slices kept, ordered along the normal, duplicates dropped, median
+spacing, gaps filled by synthesised slices that get a z index but no file, caps on size).
 
 Conventions are ``ml.volumes``': arrays ``[z, y, x]``; patient coordinates LPS mm ``(x, y, z)``;
 ``direction`` columns = LPS unit vectors of the x (column), y (row) and z (slice) axes;
@@ -12,18 +11,17 @@ Conventions are ``ml.volumes``': arrays ``[z, y, x]``; patient coordinates LPS m
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
+from ml.volumes import SeriesError, plan_grid
 from webapp.archive.models import Series
 
 log = logging.getLogger(__name__)
 
-GAP_FACTOR = 1.5
-IRREGULAR_TOLERANCE = 0.10
-DUPLICATE_TOLERANCE_MM = 0.01
 MAX_MASK_VOXELS = 64 * 1024 * 1024  # a 400^3 box; bigger requests are refused, never allocated
 
 
@@ -75,55 +73,27 @@ class SeriesGrid:
 
 
 def series_grid(series: Series) -> SeriesGrid | None:
-    """The series' voxel grid, or None when its images cannot form one volume (no positions,
-    multi-frame images, irregular slice steps)."""
-    if not (series.pixel_spacing_row_mm and series.pixel_spacing_col_mm):
+    """The series' voxel grid (``ml.volumes.plan_grid`` on the stored images, in InstanceNumber
+    order as the AI reads the files), or None when its images cannot form one volume."""
+    from webapp.archive.services import image_geometry, volume_caps
+
+    instances = list(series.instances.order_by("instance_number", "pk").only(
+        "pk", "instance_number", "image_type", "image_orientation", "rows", "columns", "number_of_frames",
+        "position_x_mm", "position_y_mm", "position_z_mm", "pixel_spacing_mm", "frame_of_reference_uid", "file_path",
+    ))
+    slices = [image_geometry(i) for i in instances]
+    if slices:  # SliceThickness is kept per series: a single-slice grid takes it from there
+        slices = [dataclasses.replace(s, thickness_mm=series.slice_thickness_mm) for s in slices]
+    try:
+        plan = plan_grid(slices, **volume_caps())
+    except SeriesError:
         return None
-    rows = list(
-        series.instances.values_list(
-            "pk", "instance_number", "image_type", "image_orientation", "rows", "columns",
-            "number_of_frames", "position_x_mm", "position_y_mm", "position_z_mm", "file_path",
-        )
-    )
-    slices = []
-    for pk, number, image_type, iop, n_rows, n_cols, frames, x, y, z, path in rows:
-        if "LOCALIZER" in (image_type or "").upper().split("\\"):
-            continue
-        if not iop or len(iop) != 6 or x is None or y is None or z is None or frames != 1:
-            continue
-        key = (tuple(np.round(np.asarray(iop, float), 4)), n_rows, n_cols)
-        slices.append((key, (number or 0, pk), np.array([x, y, z], float), path, np.asarray(iop, float)))
-    if not slices:
-        return None
-    keys = [s[0] for s in slices]
-    majority = max(set(keys), key=keys.count)
-    slices = [s for s in slices if s[0] == majority]
-    iop = slices[0][4]  # as given (the key is rounded for grouping only)
-    row_dir, col_dir = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
-    normal = np.cross(row_dir, col_dir)
-    normal /= np.linalg.norm(normal)
-    direction = np.stack([row_dir, col_dir, normal], axis=1)
-    slices.sort(key=lambda s: (float(s[2] @ normal), s[1]))
-    heights = np.array([float(s[2] @ normal) for s in slices])
-    keep = np.concatenate([[True], np.diff(heights) > DUPLICATE_TOLERANCE_MM])
-    slices = [s for s, k in zip(slices, keep) if k]
-    heights = heights[keep]
-    if len(slices) == 1:
-        spacing = float(series.slice_thickness_mm or 1.0)
-        z_index = np.array([0])
-    else:
-        steps = np.diff(heights)
-        spacing = float(np.median(steps))
-        n_steps = np.rint(steps / spacing).astype(int)
-        if np.any(np.abs(steps - n_steps * spacing) > IRREGULAR_TOLERANCE * spacing) or np.any(n_steps < 1):
-            return None
-        z_index = np.concatenate([[0], np.cumsum(n_steps)])
     return SeriesGrid(
-        origin_xyz_mm=tuple(float(v) for v in slices[0][2]),
-        spacing_zyx_mm=(spacing, float(series.pixel_spacing_row_mm), float(series.pixel_spacing_col_mm)),
-        direction=direction,
-        shape_zyx=(int(z_index[-1]) + 1, int(majority[1]), int(majority[2])),
-        slice_files={int(z): s[3] for z, s in zip(z_index, slices)},
+        origin_xyz_mm=plan.origin_xyz_mm,
+        spacing_zyx_mm=plan.spacing_zyx_mm,
+        direction=plan.direction,
+        shape_zyx=plan.shape_zyx,
+        slice_files={int(z): instances[i].file_path for z, i in zip(plan.z_index, plan.order)},
     )
 
 
