@@ -6,8 +6,10 @@ to queues (cpu / gpu) lives in the Celery configuration.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.utils import timezone
 
 from webapp.celery_app import app
 
@@ -35,3 +37,33 @@ def notify_on_commit(task_name: str, *args, **kwargs) -> None:
     """Like :func:`enqueue_on_commit` for work that may be missed (a periodic job catches up): a
     broker that is down is logged, and the change that was committed still answers normally."""
     transaction.on_commit(lambda: enqueue(task_name, *args, **kwargs), robust=True)
+
+
+BROKER_MARK = "radloop:broker-mark"  # a key of ours in the broker: gone means the broker lost its data
+
+
+def broker_lost_messages_before() -> datetime | None:
+    """When a Redis broker restarted empty (no persistence; its mark key is gone), the time it started:
+    every message sent before then is lost, and the rows that wait for one must be queued again. None
+    when the broker kept its data, or is not Redis (the filesystem broker keeps its files)."""
+    url = app.conf.broker_url or ""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        if not client.set(BROKER_MARK, timezone.now().isoformat(), nx=True):
+            return None  # the mark we left is still there: nothing was lost
+        uptime_seconds = client.info("server")["uptime_in_seconds"]
+    except redis.RedisError:
+        log.warning("could not ask the broker whether it lost its messages", exc_info=True)
+        return None
+    finally:
+        client.close()
+    # Redis keeps its start and clock in whole seconds: take the latest time it may have started (up to
+    # 2 s late) rather than miss a run queued just before. A run queued in those seconds may be sent
+    # twice; the later message finds it done and is skipped (services.claim).
+    started = timezone.now() - timedelta(seconds=uptime_seconds - 1)
+    log.warning("the broker holds no mark of ours: it restarted empty at about %s", started.isoformat())
+    return started

@@ -418,15 +418,19 @@ def update_study_status(study_id: int) -> str:
 # --- recovery -----------------------------------------------------------------------------------
 
 
-def recover_stalled_runs(*, stale_seconds: int | None = None, actor=None, include_queued: bool = True) -> list[int]:
+def recover_stalled_runs(*, stale_seconds: int | None = None, actor=None, include_queued: bool = True,
+                         queued_before=None) -> list[int]:
     """Queue again the runs whose worker died (running, no heartbeat) or, with ``include_queued``,
     whose message was lost (queued long ago, e.g. the broker restarted without persistence). Returns
-    their ids. The periodic upkeep leaves queued runs alone: a long backlog is not a lost message."""
+    their ids. The periodic upkeep leaves queued runs alone: a long backlog is not a lost message,
+    except the runs queued before ``queued_before`` (when the broker restarted empty)."""
     stale = timedelta(seconds=stale_seconds if stale_seconds is not None else settings.INFERENCE_STALE_SECONDS)
     cutoff = timezone.now() - stale
     lost = Q(state=State.RUNNING, heartbeat_at__lt=cutoff)
     if include_queued:
         lost |= Q(state=State.QUEUED, queued_at__lt=cutoff)
+    if queued_before is not None:
+        lost |= Q(state=State.QUEUED, queued_at__lt=queued_before)
     stalled = InferenceRun.objects.filter(lost).select_related("series", "model_version")
     recovered = []
     for run in stalled:
@@ -439,9 +443,10 @@ def recover_stalled_runs(*, stale_seconds: int | None = None, actor=None, includ
 
 def pipeline_upkeep() -> dict:
     """The periodic job (beat, every minute): finish upload batches the browser abandoned (their series
-    are prepared and read like any other) and re-queue runs whose worker died mid-run."""
+    are prepared and read like any other), re-queue runs whose worker died mid-run, and those whose
+    message a broker restart lost (a Redis without persistence; the worker reconnects, it does not restart)."""
     finished = archive.finish_abandoned_batches(settings.UPLOAD_ABANDONED_SECONDS)
-    recovered = recover_stalled_runs(include_queued=False)
+    recovered = recover_stalled_runs(include_queued=False, queued_before=jobs.broker_lost_messages_before())
     return {"finished_batches": finished, "recovered_runs": recovered}
 
 
