@@ -13,7 +13,9 @@ then times, through Django's full HTTP stack (test client, session login):
               instance: the path that must read stored files)
 
 "cold" deletes the stored series-metadata cache and Django's cache first; "warm" repeats the same
-request right after. Prints milliseconds (median of --repeat); asserts nothing.
+request right after. Then one more series, whose first instance's stored file is given a sequence of
+--sequence-items items (written past ingest, as an older archive may hold it), and the time of its
+WADO-RS series metadata, cold and warm. Prints milliseconds (median of --repeat); asserts nothing.
 """
 from __future__ import annotations
 
@@ -63,6 +65,37 @@ def load_studies(studies: int, slices: int) -> None:
             assert outcome.outcome == "stored", outcome.reason
 
 
+def add_big_sequence(items: int, slices: int) -> str:
+    """A stored series whose first file holds a sequence of ``items`` items; its metadata URL."""
+    import struct
+
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from tests.factories import ct_slice, to_bytes
+    from webapp.archive import services
+    from webapp.archive.models import Instance
+    from webapp.archive.storage import archive_storage
+
+    batch = services.start_batch(None, "command")
+    for i in range(slices):
+        ds = ct_slice(study="bench-seq", series="bench-seq-ct", index=i, rows=64, columns=64, patient_id="B-SEQ")
+        services.ingest_stream(batch, f"seq-{i}.dcm", io.BytesIO(to_bytes(ds)))
+    inst = Instance.objects.select_related("series__study").filter(series__study__patient_id="B-SEQ").order_by("instance_number").first()
+    path = archive_storage().path(inst.file_path)
+    ds = pydicom.dcmread(path)
+    ds.ReferencedImageSequence = Sequence([Dataset() for _ in range(items)])
+    for n, item in enumerate(ds.ReferencedImageSequence):
+        item.ReferencedSOPInstanceUID = f"1.2.3.{n}"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    data = Path(path).read_bytes()
+    at = data.rfind(b"\xe0\x7f\x10\x00OW")
+    (length,) = struct.unpack("<I", data[at + 8 : at + 12])
+    Instance.objects.filter(pk=inst.pk).update(pixel_data_offset=at + 12, pixel_data_length=length, file_size=len(data))
+    return f"/dicomweb/studies/{inst.series.study.study_uid}/series/{inst.series.series_uid}/metadata"
+
+
 def forget_caches() -> None:
     from django.core.cache import cache
 
@@ -85,6 +118,7 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument("--slices", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sequence-items", type=int, default=100_000)
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="radloop-qido-bench-"))
@@ -114,6 +148,20 @@ def main() -> None:
                 ms, status, count = timed(client, params)
                 warm.append(ms)
             print(f"{name:<6} {statistics.median(cold):>10.0f} {statistics.median(warm):>10.0f}  {status:>6}  {count}")
+
+        url = add_big_sequence(args.sequence_items, args.slices)
+        cold, warm = [], []
+        for _ in range(args.repeat):
+            forget_caches()
+            start = time.perf_counter()
+            response = client.get(url)
+            cold.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            client.get(url)
+            warm.append((time.perf_counter() - start) * 1000)
+        print(f"series metadata, {args.slices} instances, one with a {args.sequence_items}-item sequence: "
+              f"cold {statistics.median(cold):.0f} ms, warm {statistics.median(warm):.0f} ms, "
+              f"status {response.status_code}, {len(response.json()) if response.status_code == 200 else 0} instances")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
