@@ -22,7 +22,7 @@ from pydicom.sequence import Sequence
 from tests.factories import ct_slice, to_bytes
 from webapp.accounts.models import ApiToken
 from webapp.archive import services
-from webapp.archive.models import Instance, Series, Study
+from webapp.archive.models import Instance, Series
 from webapp.archive.storage import archive_storage
 
 pytestmark = pytest.mark.django_db
