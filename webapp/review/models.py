@@ -109,13 +109,14 @@ class Finding(models.Model):
             origin = np.rint(start).astype(int)
         else:
             ratio = spacing_then / spacing_now  # grid-now voxels per stored voxel, per axis
-            # grid-now voxels whose centres lie inside the stored box's outer edges
+            # grid-now voxels whose centres lie inside the stored box or on its edges (at least half of
+            # the voxel inside: symmetric, so the mask's centre stays where it was), each taking the
+            # stored voxel its centre falls in
             lo = np.ceil(start - 0.5 * ratio - 1e-6).astype(int)
             hi = np.floor(start + (np.asarray(mask.shape) - 0.5) * ratio + 1e-6).astype(int) + 1
-            picks = [np.rint((np.arange(lo[a], hi[a]) - start[a]) / ratio[a]).astype(int) for a in range(3)]
-            valid = [(p >= 0) & (p < mask.shape[a]) for a, p in enumerate(picks)]
-            mask = mask[np.ix_(*[np.clip(p, 0, mask.shape[a] - 1) for a, p in enumerate(picks)])]
-            mask &= valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :]
+            picks = [np.clip(np.floor((np.arange(lo[a], hi[a]) - start[a]) / ratio[a] + 0.5).astype(int), 0, mask.shape[a] - 1)
+                     for a in range(3)]
+            mask = mask[np.ix_(*picks)]
             origin = lo
         # Keep the part that lies on the grid now.
         shape_now = np.asarray(grid.shape_zyx)

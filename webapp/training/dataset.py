@@ -5,7 +5,7 @@ Labels are the case's current state, which for a signed-off case is its latest r
 case takes no change but "reopen", and a reopened case is not signed off, hence not used):
 
 * positives: AI findings accepted or edited, and findings a radiologist added, with their masks
-  (``Finding.get_mask()`` at ``mask_origin_zyx`` on the series grid = the volume's grid) or, where a
+  (``Finding.mask_on_grid`` on the series grid = the volume's grid) or, where a
   mask was cleared by an edit, none (the lesion's ball);
 * hard negatives: AI findings rejected, and any finding labelled ``not_nodule``;
 * everything else on the scan is background.
@@ -25,6 +25,7 @@ from django.db import transaction
 
 from webapp.archive import services as archive
 from webapp.archive.models import ReviewStatus, Series, Study
+from webapp.review.geometry import series_grid
 from webapp.review.models import CaseReview, Finding
 
 from .models import SnapshotCase
@@ -102,10 +103,12 @@ def read_labels(study: Study) -> CaseLabels | None:
             if f.label in NEGATIVE_LABELS or (f.source == Finding.Source.AI and f.status == Finding.Status.REJECTED):
                 labels.hard_negatives_xyz_mm.append(tuple(float(v) for v in f.centre_xyz_mm))
             elif f.status in POSITIVE_STATUSES:
-                mask = f.get_mask()
+                # the mask placed on the series grid now, by its patient-space anchor (slices may have
+                # arrived since it was painted: a new lowest slice shifts every z index)
+                mask, origin = f.mask_on_grid(series_grid(f.series) if f.mask_origin_xyz_mm is not None else None)
                 labels.lesions.append(LesionLabel(
                     tuple(float(v) for v in f.centre_xyz_mm), float(f.diameter_mm), mask,
-                    tuple(int(v) for v in f.mask_origin_zyx) if mask is not None else None))
+                    tuple(int(v) for v in origin) if mask is not None else None))
             # a rejected radiologist-added finding is a withdrawn mark, not evidence either way
     return CaseLabels(study.study_uid, case.revision, list(series.values()))
 
