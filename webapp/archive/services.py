@@ -275,14 +275,40 @@ def ingest_streams(
         for name, stream in items:
             staged.append(_stage(name, stream, expected_study_uid))
             if len(staged) >= STAGE_GROUP:
-                outcomes.extend(_commit_group(batch, staged, actor, request))
+                outcomes.extend(_commit_group_at_once(batch, staged, actor, request))
                 staged = []
-        outcomes.extend(_commit_group(batch, staged, actor, request))
+        outcomes.extend(_commit_group_at_once(batch, staged, actor, request))
         staged = []
     finally:
         for leftover in staged:  # an exception mid-way: no staged file survives
             Path(leftover.tmp_path).unlink(missing_ok=True)
     return outcomes
+
+
+def _commit_group_at_once(batch, staged: list[_Staged], actor, request) -> list[FileOutcome]:
+    """Store a staged group in one database transaction (one commit for its rows, outcomes and
+    audit entries instead of several per file: a STOW-RS of 10,000 parts answers in seconds).
+    Each file keeps its own savepoint, so one refusal does not undo the others. If the group fails
+    as a whole, files it placed are removed again unless another request stored the instance."""
+    try:
+        with transaction.atomic():
+            return _commit_group(batch, staged, actor, request)
+    except BaseException:
+        _remove_unrecorded(staged)
+        raise
+
+
+def _remove_unrecorded(staged: list[_Staged]) -> None:
+    storage = archive_storage()
+    for item in staged:
+        parsed = item.parsed
+        if parsed is None or item.error is not None:
+            continue
+        try:
+            if not Instance.objects.filter(sop_uid=parsed.sop_uid).exists():
+                storage.delete(f"{parsed.study_uid}/{parsed.series_uid}/{parsed.sop_uid}.dcm")
+        except Exception:  # the database itself failed: a later re-send replaces the file
+            log.warning("could not check instance %s after a failed group", parsed.sop_uid, exc_info=True)
 
 
 @dataclass
