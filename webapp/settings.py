@@ -288,6 +288,12 @@ ARCHIVE_MAX_FILE_BYTES = envint("ARCHIVE_MAX_FILE_BYTES", 1024 * 1024 * 1024)  #
 ARCHIVE_MAX_ZIP_BYTES = envint("ARCHIVE_MAX_ZIP_BYTES", 8 * 1024 * 1024 * 1024)  # unpacked total
 ARCHIVE_MAX_ZIP_ENTRIES = envint("ARCHIVE_MAX_ZIP_ENTRIES", 50_000)
 ARCHIVE_MAX_ZIP_RATIO = envint("ARCHIVE_MAX_ZIP_RATIO", 200)  # uncompressed / compressed
+# Refused at ingest beyond these (webapp/archive/dicomwalk.py walks every element header first):
+ARCHIVE_MAX_SEQUENCE_ITEMS = envint("ARCHIVE_MAX_SEQUENCE_ITEMS", 10_000)  # items in one sequence / fragments
+ARCHIVE_MAX_ELEMENTS = envint("ARCHIVE_MAX_ELEMENTS", 200_000)  # elements in one file, all levels
+ARCHIVE_MAX_SEQUENCE_DEPTH = envint("ARCHIVE_MAX_SEQUENCE_DEPTH", 16)  # sequences inside sequences
+ARCHIVE_MAX_HEADER_BYTES = envint("ARCHIVE_MAX_HEADER_BYTES", 16 * 1024 * 1024)  # deflated: before the pixels
+ARCHIVE_MAX_DECODED_BYTES = envint("ARCHIVE_MAX_DECODED_BYTES", 1024 * 1024 * 1024)  # pixels the attributes imply
 
 # --- DICOMweb -------------------------------------------------------------------------------
 # Absolute root used in RetrieveURL / BulkDataURI (never taken from the Host header).

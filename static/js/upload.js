@@ -77,6 +77,7 @@ function send(url, group, onProgress) {
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
     xhr.onload = () => {
       if (xhr.status >= 200 && xhr.status < 300) resolve(JSON.parse(xhr.responseText));
+      else if (xhr.status === 422) resolve(JSON.parse(xhr.responseText)); // every file refused: per-file reasons
       else { const err = new Error(`server answered ${xhr.status}: ${xhr.responseText.slice(0, 200)}`); err.status = xhr.status; reject(err); }
     };
     xhr.onerror = () => reject(new Error('network error'));
