@@ -40,7 +40,7 @@ export const SHORTCUTS = [
 
 const state = {
   ready: false, loaded: false, error: null,
-  seriesList: [], series: null, caseInfo: null, apiError: null,
+  seriesList: [], series: null, caseInfo: null, apiError: null, reviewSeries: [],
   findings: [], selected: null, nextLocal: 1, showCandidates: false,
   // Undo history. An entry's before/after are the server's own finding states around that action
   // (the API restores only states it has stored), filled in when the server answers.
@@ -122,7 +122,9 @@ function takeCase(review) {
   $('#case-status').textContent = review.case.review_status.replace('_', ' ');
   $('#case-status').className = `badge review-${review.case.review_status}`;
   $('#case-comment').value = review.case.comment || '';
-  showGeometryWarnings((review.series || []).find((se) => se.series_uid === state.series.seriesUid));
+  state.reviewSeries = review.series || [];
+  showGeometryWarnings(state.series.seriesUid);
+  if (state.seriesList.length) renderSeriesBar(state.series.seriesUid);
   state.findings = review.findings
     .filter((f) => f.series_uid === state.series.seriesUid)
     .map((f) => ({ ...f, server: JSON.parse(JSON.stringify(f)) }));
@@ -244,13 +246,22 @@ function renderSeriesBar(current) {
   h('img', { alt: '', loading: 'lazy', src: `${seriesUrl(s.seriesUid)}/thumbnail` }),
   h('span', {}, isolated(s.modality, { class: 'series-modality' }), ` #${s.number ?? '?'} `,
     isolated(s.description || '', { class: 'series-description' }),
-    h('br'), h('span', { class: 'muted' }, `${s.numInstances} images`)))));
+    h('br'), h('span', { class: 'muted' }, `${s.numInstances} images`),
+    geometryWarnings(s.seriesUid).length > 0 && [h('br'), h('span', {
+      class: 'series-warning', title: geometryWarnings(s.seriesUid).join('\n'),
+    }, '⚠ geometry')]))));
+}
+
+// The server's geometry warnings of a series (review API; absent key: none).
+function geometryWarnings(seriesUid) {
+  const info = state.reviewSeries.find((se) => se.series_uid === seriesUid);
+  return (info?.geometry_warnings || []).filter((w) => typeof w === 'string' && w);
 }
 
 // Geometry problems the server found in the series on screen (mixed frames of reference, missing or
 // zero pixel spacing, non-unit orientation, NaN positions): a strip above the views, as text.
-function showGeometryWarnings(seriesInfo) {
-  const warnings = (seriesInfo?.geometry_warnings || []).filter((w) => typeof w === 'string' && w);
+function showGeometryWarnings(seriesUid) {
+  const warnings = geometryWarnings(seriesUid);
   const el = $('#geometry-warning');
   el.replaceChildren(...(warnings.length ? [h('strong', {}, 'Geometry: '),
     ...warnings.flatMap((w, i) => [i ? ' · ' : '', isolated(w)])] : []));

@@ -206,6 +206,7 @@ def test_the_viewer_shows_the_series_geometry_warnings_as_text(watched, live_ser
     strip = page.locator("#geometry-warning")
     assert strip.is_visible()
     assert strip.inner_text() == (f"Geometry: Slices belong to 2 frames of reference. · Pixel spacing is missing {SERIES_MARKUP}.")
+    assert page.locator("#series-bar .series-item .series-warning").inner_text() == "⚠ geometry"
     screenshot(page, "xss-viewer-geometry-warning")
     assert_no_markup_ran(page)
     assert csp_violations(page) == []
@@ -214,6 +215,7 @@ def test_the_viewer_shows_the_series_geometry_warnings_as_text(watched, live_ser
     series.save(update_fields=["geometry_warnings"])
     open_viewer(page, series.study)
     assert not page.locator("#geometry-warning").is_visible()
+    assert page.locator("#series-bar .series-warning").count() == 0
 
 
 def test_the_django_admin_works_under_the_csp(watched, cast):
