@@ -262,8 +262,8 @@ def plan_grid(slices: list[SliceGeometry], *, max_slices: int = MAX_SLICES, max_
         if any(r.startswith("multi-frame") for _, r in excluded):
             raise SeriesError("multi-frame CT (one file per series, e.g. Enhanced CT) is not supported by the AI pre-read")
         reasons = sorted({r for _, r in excluded if not r.startswith("localizer")})
-        detail = f": {'; '.join(reasons)}" if reasons else ""
-        raise SeriesError(f"no usable image slices (all localizers or missing geometry){detail}")
+        raise SeriesError(f"no usable image slices: {'; '.join(reasons)}" if reasons
+                          else "no usable image slices (all localizers)")
     keys = {i: _group_key(slices[i]) for i in candidates}
     counts = Counter(keys[i] for i in candidates)
     majority = max(counts, key=lambda k: (counts[k], -min(i for i in candidates if keys[i] == k)))

@@ -113,10 +113,10 @@ def test_four_slices_spread_over_kilometres_make_no_grid(batch, settings):
     assert "at most 3 are built" in services.prepare_series(series.pk).geometry_warnings[0]
 
 
-def test_the_study_page_and_the_review_api_show_the_flags(batch, admin_client, radiologist_client):
+def test_the_study_page_and_the_review_api_show_the_flags(batch, radiologist_client):
     series = prepared(batch, change(2, FrameOfReferenceUID=uid("another-frame")))
 
-    page = admin_client.get(reverse("archive:study_detail", args=[series.study.study_uid]))
+    page = radiologist_client.get(reverse("archive:study_detail", args=[series.study.study_uid]))
     case = radiologist_client.get(f"/api/review/studies/{series.study.study_uid}/")
 
     html = page.content.decode()
@@ -127,10 +127,10 @@ def test_the_study_page_and_the_review_api_show_the_flags(batch, admin_client, r
     assert len(series.geometry_warnings) == 3  # the frames, the image left out, the gap it leaves
 
 
-def test_a_clean_series_shows_no_warning_box(batch, admin_client, radiologist_client):
+def test_a_clean_series_shows_no_warning_box(batch, radiologist_client):
     series = prepared(batch, change())
 
-    page = admin_client.get(reverse("archive:study_detail", args=[series.study.study_uid]))
+    page = radiologist_client.get(reverse("archive:study_detail", args=[series.study.study_uid]))
 
     assert "geometry-warnings" not in page.content.decode()
     case = radiologist_client.get(f"/api/review/studies/{series.study.study_uid}/").json()

@@ -253,8 +253,11 @@ def prepare_and_queue(series_id: int, quiet_seconds: float = 0) -> InferenceRun 
     return queue_inference(Series.objects.select_related("study").get(pk=series_id))
 
 
-def queue_inference(series: Series, *, model: ModelVersion | None = None, actor=None) -> InferenceRun | None:
-    """Create or reset the run for (series, model) and send it to the gpu queue after commit."""
+def queue_inference(series: Series, *, model: ModelVersion | None = None, actor=None,
+                    recovering: bool = False) -> InferenceRun | None:
+    """Create or reset the run for (series, model) and send it to the gpu queue after commit.
+    ``recovering`` (a run whose worker died) keeps its count of attempts, so a series that kills
+    every worker that reads it ends failed after ``INFERENCE_MAX_ATTEMPTS`` (see :func:`claim`)."""
     if series.modality not in MODALITIES_WITH_MODELS:
         run, _ = InferenceRun.objects.update_or_create(
             series=series, model_version=None,
@@ -274,6 +277,7 @@ def queue_inference(series: Series, *, model: ModelVersion | None = None, actor=
             InferenceRun.objects.filter(pk=run.pk).update(
                 state=State.QUEUED, progress=0.0, stage="", error="", queued_at=timezone.now(),
                 started_at=None, finished_at=None, heartbeat_at=None,
+                **({} if recovering else {"attempts": 0}),
             )
         update_study_status(series.study_id)
         jobs.enqueue_on_commit(INFER_TASK, run.pk)
@@ -294,9 +298,24 @@ def rerun_unreviewed(*, actor, model: ModelVersion | None = None) -> int:
 # --- running ------------------------------------------------------------------------------------
 
 
+WORKER_LOST = ("the worker was killed while reading this series (out of memory?) {n} times; "
+               "it is not run again automatically")
+
+
 def claim(run_id: int) -> InferenceRun | None:
-    """Compare-and-set queued/running -> running. None when the run is finished or gone."""
+    """Compare-and-set queued/running -> running. None when the run is finished or gone, or when
+    its earlier attempts all ended with their worker killed (acks_late redelivers the message of a
+    dead worker; the upkeep re-queues a run without heartbeat): after ``INFERENCE_MAX_ATTEMPTS``
+    such attempts the run fails with that reason instead of running again."""
     now = timezone.now()
+    limit = settings.INFERENCE_MAX_ATTEMPTS
+    if InferenceRun.objects.filter(pk=run_id, state__in=[State.QUEUED, State.RUNNING], attempts__gte=limit).update(
+            state=State.FAILED, error=WORKER_LOST.format(n=limit), finished_at=now, stage="failed"):
+        run = InferenceRun.objects.select_related("series__study").get(pk=run_id)
+        log.error("inference run %s: %s", run_id, run.error)
+        update_study_status(run.series.study_id)
+        audit(None, "modelops.inference.failed", obj=run, details={"series": run.series.series_uid, "error": run.error})
+        return None
     claimed = InferenceRun.objects.filter(pk=run_id, state__in=[State.QUEUED, State.RUNNING]).update(
         state=State.RUNNING, started_at=now, heartbeat_at=now, progress=0.0, stage="loading",
         attempts=F("attempts") + 1, error="",
@@ -366,7 +385,7 @@ def _load_volume(run: InferenceRun):
     storage = archive.archive_storage()
     paths = [storage.path(p) for p in run.series.instances.values_list("file_path", flat=True)]
     try:
-        volume, report = load_series(paths)
+        volume, report = load_series(paths, **archive.volume_caps())
     except SeriesError as exc:
         raise InferenceError(f"this series cannot be read as a CT volume: {exc}") from None
     except Exception as exc:  # unreadable pixels, corrupt files
@@ -434,7 +453,7 @@ def recover_stalled_runs(*, stale_seconds: int | None = None, actor=None, includ
     stalled = InferenceRun.objects.filter(lost).select_related("series", "model_version")
     recovered = []
     for run in stalled:
-        queue_inference(run.series, model=run.model_version, actor=actor)
+        queue_inference(run.series, model=run.model_version, actor=actor, recovering=True)
         recovered.append(run.pk)
     if recovered:
         log.warning("re-queued %d stalled inference run(s): %s", len(recovered), recovered)

@@ -71,7 +71,8 @@ def case_detail(request, study_uid: str):
     for s in study.series.order_by("series_number", "pk").annotate(num_instances=Count("instances")):
         grid = grids[s.pk] = series_grid(s)
         series.append({"series_uid": s.series_uid, "modality": s.modality, "description": s.description,
-                       "num_instances": s.num_instances, "geometry": grid.as_json() if grid else None})
+                       "num_instances": s.num_instances, "geometry": grid.as_json() if grid else None,
+                       "geometry_warnings": list(s.geometry_warnings or [])})
     findings = Finding.objects.filter(study=study).select_related("series", "model_version").order_by("series__series_number", "series_id", "-diameter_mm", "pk")
     revisions = ReviewRevision.objects.filter(study=study).order_by("-revision")[:50]
     audit(request.user, "review.case.viewed", obj=study, request=request, details={"revision": case.revision})
