@@ -7,7 +7,7 @@ from .models import AuditEvent
 class AuditEventAdmin(admin.ModelAdmin):
     """Read-only: the audit log is append-only."""
 
-    list_display = ("created_at", "actor_username", "action", "object_type", "object_id")
+    list_display = ("seq", "created_at", "actor_username", "action", "object_type", "object_id")
     list_filter = ("action",)
     search_fields = ("actor_username", "object_id", "action")
 

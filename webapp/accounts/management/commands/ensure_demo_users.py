@@ -90,7 +90,7 @@ class Command(BaseCommand):
                 note = "new password" if options["reset_passwords"] else "replaced the old published default password"
             else:
                 ensure_user(username, "", role)  # existing: keeps its password, gets its role
-                where = f"see {path}" if username in stored else "unchanged (not set by this command)"
+                where = f"in {path}" if username in stored else "unchanged (not set by this command)"
                 self.stdout.write(f"  {role.value:<12} {username:<12} exists; password {where}")
                 continue
             stored[username] = password
