@@ -229,3 +229,11 @@ def test_patient_data_from_dicomweb_is_never_publicly_cached(reader, instance):
         response = reader.get(url)
         assert response["Cache-Control"].startswith("private"), url
         assert "public" not in response["Cache-Control"], url
+
+
+def test_a_wrong_method_under_dicomweb_is_json_405(reader, instance):
+    for url in ("/dicomweb/studies", url_of(instance, "/metadata")):
+        response = reader.delete(url)
+
+        assert response.status_code == 405, url
+        assert "not allowed" in response.json()["error"] and response["Allow"], url

@@ -14,7 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from webapp.accounts.services import can_read_studies, can_upload, user_for_token
 
-from .errors import DicomWebError
+from .errors import DicomWebError, as_json_error
 
 
 def _unauthorized(message: str) -> JsonResponse:
@@ -31,7 +31,7 @@ def dicomweb_view(*, store: bool = False):
         @csrf_exempt
         @wraps(view)
         def wrapped(request, *args, **kwargs):
-            response = _checked(request, *args, **kwargs)
+            response = as_json_error(_checked(request, *args, **kwargs))
             # Patient data: never in a shared cache. Views that set their own (ETag'd, immutable
             # frames) keep theirs, which are private too.
             response.setdefault("Cache-Control", "private, no-cache")

@@ -37,6 +37,19 @@ def _json_error(message: str, status: int) -> JsonResponse:
     return response
 
 
+def as_json_error(response):
+    """A plain error response (Django's 405 from @require_GET, for one) as the same JSON as ours."""
+    if response.status_code < 400 or "json" in response.get("Content-Type", ""):
+        return response
+    message = {405: f"method not allowed here; allowed: {response.get('Allow', '')}"}.get(
+        response.status_code, response.reason_phrase.lower())
+    converted = _json_error(message, response.status_code)
+    for header in ("Allow", "WWW-Authenticate", "Retry-After"):
+        if response.has_header(header):
+            converted[header] = response[header]
+    return converted
+
+
 def server_error(request):
     """handler500: a DICOMweb client gets JSON (no trace, no detail); a browser gets the error page."""
     if _is_dicomweb(request):

@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import logging
+from functools import wraps
 
 from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
@@ -23,7 +24,7 @@ from webapp.archive.storage import archive_storage
 from . import metadata, qido, rendered, stow, wado
 from .auth import dicomweb_view
 from .dicomjson import valid_uid
-from .errors import DicomWebError
+from .errors import DicomWebError, as_json_error
 from .media import multipart_bytes, multipart_stream, parse_accept
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,18 @@ def _search(request, results: list[dict], query: qido.Query) -> HttpResponse:
     return response
 
 
+def json_errors(view):
+    """Errors of the decorators outside dicomweb_view (e.g. 405) as JSON too."""
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        return as_json_error(view(request, *args, **kwargs))
+
+    return wrapped
+
+
 @login_not_required
 @csrf_exempt
+@json_errors
 @require_http_methods(["GET", "POST"])
 def studies_root(request):
     """GET: QIDO-RS study search; POST: STOW-RS. Each branch authenticates for itself."""
@@ -147,6 +158,7 @@ def studies_root(request):
 
 @login_not_required
 @csrf_exempt
+@json_errors
 @require_http_methods(["GET", "POST"])
 def study_root(request, study_uid: str):
     """GET: retrieve the study; POST: STOW-RS into this study."""
