@@ -307,8 +307,6 @@ def plan_grid(slices: list[SliceGeometry], *, max_slices: int = MAX_SLICES, max_
                 f"the slice positions span {n_total:.0f} slices of {spacing:.3g} mm; at most {max_slices} are built "
                 f"(positions from {heights[0]:.1f} to {heights[-1]:.1f} mm along the slice normal)"
             )
-        if n_total * rows * columns > max_voxels:
-            raise SeriesError(f"the volume would have {n_total * rows * columns:.0f} voxels; at most {max_voxels} are built")
         n_steps = np.rint(ratios).astype(int)
         if np.any(np.abs(steps - n_steps * spacing) > IRREGULAR_TOLERANCE * spacing) or np.any(n_steps < 1):
             raise SeriesError(f"irregular slice positions (steps {np.round(steps, 3).tolist()} mm)")
@@ -322,6 +320,9 @@ def plan_grid(slices: list[SliceGeometry], *, max_slices: int = MAX_SLICES, max_
             warnings.append(f"{gaps_filled} missing slice(s) in {int((n_steps > 1).sum())} gap(s) "
                             f"filled by linear interpolation")
         z_index = np.concatenate([[0], np.cumsum(n_steps)])
+    voxels = (int(z_index[-1]) + 1) * rows * columns
+    if voxels > max_voxels:
+        raise SeriesError(f"the volume would have {voxels} voxels; at most {max_voxels} are built")
     return GridPlan(
         order=kept, z_index=z_index, shape_zyx=(int(z_index[-1]) + 1, rows, columns),
         spacing_zyx_mm=(spacing, row_mm, col_mm), origin_xyz_mm=tuple(float(v) for v in positions[0]),

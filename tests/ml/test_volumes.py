@@ -166,6 +166,8 @@ def test_the_slice_and_voxel_caps_are_parameters():
     with pytest.raises(SeriesError, match="voxels; at most 100"):
         load_series(series, max_voxels=100)
     assert load_series(series, max_slices=6, max_voxels=120)[0].shape == (6, 5, 4)
+    with pytest.raises(SeriesError, match="20 voxels; at most 19"):
+        load_series(series[:1], max_voxels=19)  # one slice is checked too
 
 
 def test_a_volume_that_would_be_mostly_interpolated_is_refused():
