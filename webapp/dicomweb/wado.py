@@ -19,7 +19,7 @@ from webapp.archive.storage import archive_storage
 from .errors import DicomWebError, bad_request, not_acceptable
 
 log = logging.getLogger(__name__)
-MAX_FRAME_BYTES = 512 * 2**20  # the most pixel bytes one frames response may hold
+MAX_FRAME_BYTES = 256 * 2**20  # the most pixel bytes one frames response may hold (1000 frames of 256x256x2)
 from .media import EXPLICIT_LE, MEDIA_TYPE_OF_SYNTAX, NATIVE_LE, MediaRange
 
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
