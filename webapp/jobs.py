@@ -63,7 +63,8 @@ def broker_lost_messages_before() -> datetime | None:
         client.close()
     # Redis keeps its start and clock in whole seconds: take the latest time it may have started (up to
     # 2 s late) rather than miss a run queued just before. A run queued in those seconds may be sent
-    # twice; the later message finds it done and is skipped (services.claim).
+    # twice; a message for a run already done is skipped (services.claim).
     started = timezone.now() - timedelta(seconds=uptime_seconds - 1)
-    log.warning("the broker holds no mark of ours: it restarted empty at about %s", started.isoformat())
+    log.warning("the broker holds no mark of ours (first use, or it restarted empty): messages sent before %s "
+                "are gone", started.isoformat())
     return started

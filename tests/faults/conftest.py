@@ -78,7 +78,8 @@ class PrivatePostgres:
     def restart(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "restart")
 
-    def count(self, sql: str, *params):
+    def query(self, sql: str, *params) -> list[tuple]:
+        """Rows of one query on the app's database, read directly (the test process has no ORM on it)."""
         with psycopg.connect(self.url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
             return conn.execute(sql, params).fetchall()
 

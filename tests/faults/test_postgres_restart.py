@@ -40,15 +40,17 @@ class UploadPage:
     def _headers(self) -> dict:
         return {"X-CSRFToken": self.session.cookies["csrftoken"]}
 
-    def upload(self, files: list[tuple[str, bytes]], started: threading.Event | None = None) -> dict[str, dict]:
+    def upload(self, files: list[tuple[str, bytes]], before_request=lambda index: None) -> dict[str, dict]:
         """One upload: a batch, the files in requests of 32 (two at a time, retried), then finish.
-        Returns each file's outcome; a request that failed three times reports its files as failed."""
+        Returns each file's outcome; a request that failed three times reports its files as failed.
+        ``before_request(index)`` is called before each request is first sent."""
         batch = self.session.post(f"{self.base}/upload/batches/", headers=self._headers(), timeout=30).json()["batch"]
         url = f"{self.base}/upload/batches/{batch}/files"
         groups = [files[i : i + MAX_REQUEST_FILES] for i in range(0, len(files), MAX_REQUEST_FILES)]
         outcomes: dict[str, dict] = {}
 
-        def send(group):
+        def send(index, group):
+            before_request(index)
             for attempt in range(1, RETRIES + 1):
                 status = None
                 try:
@@ -59,8 +61,6 @@ class UploadPage:
                     if answer.ok:
                         for result in answer.json()["results"]:
                             outcomes[result["name"]] = result
-                        if started is not None:
-                            started.set()
                         return
                     self.failed_attempts.append(f"{status} {answer.text[:200]}")
                 except requests.ConnectionError as exc:
@@ -72,7 +72,7 @@ class UploadPage:
                 outcomes[name] = {"name": name, "outcome": "rejected", "reason": f"upload failed: {status}"}
 
         with ThreadPoolExecutor(PARALLEL) as pool:
-            list(pool.map(send, groups))
+            list(pool.map(send, range(len(groups)), groups))
         finish = self.session.post(f"{self.base}/upload/batches/{batch}/finish", headers=self._headers(), timeout=60)
         assert finish.ok, finish.text[:500]
         return outcomes
@@ -98,18 +98,31 @@ def test_a_postgres_restart_during_a_200_slice_upload_loses_and_doubles_nothing(
     sha_by_name = {name: hashlib.sha256(data).hexdigest() for name, data in files}
     page = UploadPage(base)
 
-    first_answer = threading.Event()
+    under_way, down = threading.Event(), threading.Event()
+    fault_errors: list[BaseException] = []
 
-    def outage():  # once the upload is under way: PostgreSQL goes down (fast shutdown) and comes back
-        first_answer.wait(60)
-        pg.stop("fast")
-        time.sleep(OUTAGE_SECONDS)
-        pg.start()
+    def outage():  # PostgreSQL goes down (fast shutdown) while the second request may be in flight
+        try:
+            under_way.wait(60)
+            pg.stop("fast")
+            down.set()
+            time.sleep(OUTAGE_SECONDS)
+            pg.start()
+        except BaseException as exc:
+            fault_errors.append(exc)
+            down.set()
+
+    def before_request(index):  # the first two requests go out; the third waits for the outage
+        if index == 1:
+            under_way.set()
+        elif index >= 2:
+            down.wait(60)
 
     fault = threading.Thread(target=outage)
     fault.start()
-    outcomes = page.upload(files, started=first_answer)
-    fault.join(90)
+    outcomes = page.upload(files, before_request)
+    fault.join(120)
+    assert not fault.is_alive() and not fault_errors, fault_errors
 
     assert page.failed_attempts, "the outage never reached the upload: the test proved nothing"
     # The user sees the files the page reported as failed and uploads them again.
@@ -120,7 +133,7 @@ def test_a_postgres_restart_during_a_200_slice_upload_loses_and_doubles_nothing(
           *sorted({a[:80] for a in page.failed_attempts}), sep="\n  ")
     assert {name: o["outcome"] for name, o in outcomes.items() if o["outcome"] not in ("stored", "duplicate")} == {}
 
-    rows = pg.count("SELECT sop_uid, sha256, file_path FROM archive_instance")
+    rows = pg.query("SELECT sop_uid, sha256, file_path FROM archive_instance")
     assert len(rows) == SLICES  # nothing lost, nothing doubled (SOP UIDs are unique)
     assert len({sop for sop, _, _ in rows}) == SLICES
     assert sorted(sha for _, sha, _ in rows) == sorted(sha_by_name.values())
@@ -138,5 +151,5 @@ def test_a_postgres_restart_during_a_200_slice_upload_loses_and_doubles_nothing(
     listing = page.session.get(f"{base}/studies/", timeout=30)
     assert "FAULT-PG" in listing.text
     # The worker (also cut off from the database) prepares the series once the upload finishes.
-    wait_for(lambda: pg.count("SELECT count(*) FROM archive_series WHERE prepared_at IS NOT NULL")[0][0] == 1,
+    wait_for(lambda: pg.query("SELECT count(*) FROM archive_series WHERE prepared_at IS NOT NULL")[0][0] == 1,
              90, "the worker to prepare the uploaded series")
