@@ -182,3 +182,18 @@ def test_the_production_profile_requires_approval_by_default():
     out = [subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True).stdout.strip()
            for env in (env_dev, env_prod)]
     assert out == ["False", "True"]
+
+
+def test_a_challenger_whose_file_changed_is_not_approved(awaiting, admin_client):
+    run, v1, v2 = awaiting
+    data = bytearray(v2.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    v2.path.write_bytes(bytes(data))
+
+    response = admin_client.post(f"/models/runs/{run.pk}/approve", follow=True)
+
+    assert "does not match its registered SHA-256; refusing to load" in response.content.decode()
+    assert modelops.get_champion() == v1
+    assert AuditEvent.objects.filter(action="modelops.model.integrity_failed", object_id="2").exists()
+    run.refresh_from_db()
+    assert run.decision == "awaiting"

@@ -245,6 +245,9 @@ def _awaiting(run_id: int) -> TrainingRun:
 def approve_challenger(run_id: int, *, actor, request=None) -> ModelVersion:
     """An admin approves the winner of run ``run_id``: it becomes the champion. Refused when the champion
     changed since the run measured against it (the comparison no longer holds)."""
+    run = TrainingRun.objects.select_related("challenger").get(pk=run_id)
+    if run.challenger is not None:
+        _verify(run.challenger)  # before the transaction: a refusal's audit entry must stay
     with transaction.atomic():
         run = _awaiting(run_id)
         champion = registry.get_champion()
