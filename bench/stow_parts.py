@@ -64,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--kinds", nargs="+", default=["valid", "junk"], choices=["valid", "junk"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="radloop-stow-") as tmp:
         setup_django(Path(tmp))
@@ -77,7 +78,8 @@ def main() -> None:
         content_type = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
         print(f"{'parts':>7} {'kind':6} {'status':>6} {'seconds':>8} {'µs/part':>8}")
         for count in args.parts:
-            for kind, parts in (("valid", slices(count, args.rows)), ("junk", [b"not dicom %d" % i for i in range(count)])):
+            for kind in args.kinds:
+                parts = slices(count, args.rows) if kind == "valid" else [b"not dicom %d" % i for i in range(count)]
                 payload = body(parts)
                 start = time.perf_counter()
                 response = client.post("/dicomweb/studies", payload, content_type=content_type)

@@ -11,8 +11,8 @@ act on, and a file is admitted only if the archive can serve it. In order:
    encapsulated data is checked frame by frame from headers (``pixelframes``), then the first and
    last frames are decoded, each bounded by the checked attributes.
 
-Deflated files are inflated first (``inflate_deflated``), streamed with a hard cap, and stored as
-Explicit VR Little Endian so that every reader can serve them.
+Deflated files are inflated first (``deflated.inflate_deflated``), streamed with a hard cap, and
+stored as Explicit VR Little Endian so that every reader can serve them.
 """
 from __future__ import annotations
 
@@ -22,14 +22,12 @@ import logging
 import mmap
 import re
 import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import pydicom
 from django.conf import settings
 from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomFileLike
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID
 
@@ -56,8 +54,6 @@ DEFLATED_SYNTAXES = {pydicom.uid.DeflatedExplicitVRLittleEndian}
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 PHOTOMETRIC_INTERPRETATIONS = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422",
                                "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB"}
-INFLATE_CHUNK = 256 * 1024
-TRAILER_ALLOWANCE = 64 * 1024  # elements after the pixel data (padding, signatures) in a deflated file
 
 
 def limit(name: str, default: int) -> int:
@@ -108,7 +104,7 @@ def parse_dicom(fp: BinaryIO, size: int) -> ParsedDicom:
     """Validate the open file ``fp`` (``size`` bytes) and return its archive attributes.
 
     Raises InvalidDicom with the reason, whatever is wrong with the file. A deflated file must
-    have been through ``inflate_deflated`` first.
+    have been through ``deflated.inflate_deflated`` first.
     """
     try:
         return _parse(fp, size)
@@ -119,7 +115,7 @@ def parse_dicom(fp: BinaryIO, size: int) -> ParsedDicom:
         raise InvalidDicom(f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
 
 
-def _buffer(fp: BinaryIO, size: int):
+def file_buffer(fp: BinaryIO, size: int):
     """Random access to the whole file without reading it into memory where it is a real file."""
     try:
         return mmap.mmap(fp.fileno(), size, access=mmap.ACCESS_READ)
@@ -128,7 +124,7 @@ def _buffer(fp: BinaryIO, size: int):
         return fp.read(size)
 
 
-def _check_preamble(fp: BinaryIO) -> None:
+def check_preamble(fp: BinaryIO) -> None:
     fp.seek(0)
     head = fp.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
@@ -151,7 +147,7 @@ def _encoding(ts: UID) -> dicomwalk.Encoding:
     return dicomwalk.Encoding(True, ts != pydicom.uid.ExplicitVRBigEndian)
 
 
-def _walk_limits() -> dict:
+def walk_limits() -> dict:
     return {
         "max_items": limit("ARCHIVE_MAX_SEQUENCE_ITEMS", 10_000),
         "max_elements": limit("ARCHIVE_MAX_ELEMENTS", 200_000),
@@ -160,8 +156,8 @@ def _walk_limits() -> dict:
 
 
 def _parse(fp: BinaryIO, size: int) -> ParsedDicom:
-    _check_preamble(fp)
-    buf = _buffer(fp, size)
+    check_preamble(fp)
+    buf = file_buffer(fp, size)
     try:
         ts, start = read_transfer_syntax(buf, size)
         if not ts.is_transfer_syntax:
@@ -171,7 +167,7 @@ def _parse(fp: BinaryIO, size: int) -> ParsedDicom:
             raise InvalidDicom("deflated data set was not inflated before parsing", PROCESSING_FAILURE)
         enc = _encoding(ts)
         dicomwalk.check_encoding(buf, size, start, enc, ts.name)
-        walked = dicomwalk.walk(buf, size, start, enc, **_walk_limits())
+        walked = dicomwalk.walk(buf, size, start, enc, **walk_limits())
         return _parse_walked(fp, buf, size, ts, walked)
     finally:
         if isinstance(buf, mmap.mmap):
@@ -198,8 +194,8 @@ def _parse_walked(fp: BinaryIO, buf, size: int, ts: UID, walked: dicomwalk.Walk)
             "presentation states and the like are not)",
             DOES_NOT_MATCH_SOP_CLASS,
         )
-    image = _image(ds, pixel.tag, uids["SOPClassUID"])
-    implied = _implied_bytes(ds, image, pixel.tag)
+    image = image_module(ds, pixel.tag, uids["SOPClassUID"])
+    implied = implied_pixel_bytes(ds, image, pixel.tag)
     cap = limit("ARCHIVE_MAX_DECODED_BYTES", 1024 ** 3)
     if implied > cap:
         raise InvalidDicom(
@@ -266,7 +262,7 @@ def _required_int(ds, keyword: str, *, low: int, high: int) -> int:
     return number
 
 
-def _image(ds, pixel_tag: int, sop_class_uid: str) -> pixelframes.Image:
+def image_module(ds, pixel_tag: int, sop_class_uid: str) -> pixelframes.Image:
     """The Image Pixel module, checked for consistency (PS3.3 C.7.6.3)."""
     rows = _required_int(ds, "Rows", low=1, high=65535)
     columns = _required_int(ds, "Columns", low=1, high=65535)
@@ -321,7 +317,7 @@ def _check_palette(ds) -> None:
             )
 
 
-def _implied_bytes(ds, image: pixelframes.Image, pixel_tag: int) -> int:
+def implied_pixel_bytes(ds, image: pixelframes.Image, pixel_tag: int) -> int:
     """Bytes of native pixel data that Rows × Columns × frames × samples × bits imply."""
     samples = image.samples
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
@@ -358,138 +354,6 @@ def _check_compressed_decodes(fp: BinaryIO, ts: UID, frames: int) -> None:
             pixel_array(fp, index=index)
         except Exception as exc:
             raise InvalidDicom(f"compressed pixel data ({ts.name}) frame {index + 1} cannot be decoded: {exc}") from None
-
-
-# --- deflated transfer syntax -------------------------------------------------------------------
-
-
-def is_deflated(fp: BinaryIO, size: int) -> bool:
-    """True when ``fp`` is a DICOM file whose file meta names the deflated transfer syntax."""
-    try:
-        _check_preamble(fp)
-        buf = _buffer(fp, size)
-        try:
-            ts, _ = read_transfer_syntax(buf, size)
-        finally:
-            if isinstance(buf, mmap.mmap):
-                buf.close()
-    except InvalidDicom:
-        return False
-    return ts in DEFLATED_SYNTAXES
-
-
-def inflate_deflated(src: BinaryIO, size: int, out: BinaryIO) -> int:
-    """Write ``src`` (Deflated Explicit VR Little Endian) to ``out`` as Explicit VR Little Endian
-    with a zeroed preamble; return the bytes written.
-
-    Inflation is streamed with hard caps, so a small file cannot inflate into a large one: first
-    at most ARCHIVE_MAX_HEADER_BYTES to read the image attributes, then the whole data set up to
-    the size those attributes imply (plus the pad byte and a small allowance for trailing
-    elements). Everything else is checked afterwards by ``parse_dicom`` on the result.
-    """
-    _check_preamble(src)
-    buf = _buffer(src, size)
-    try:
-        _, start = read_transfer_syntax(buf, size)
-        src.seek(0)
-        meta = pydicom.filereader._read_file_meta_info(_skip_preamble(src))
-    finally:
-        if isinstance(buf, mmap.mmap):
-            buf.close()
-    head, pixel_at = _inflate_header(src, start, size, limit("ARCHIVE_MAX_HEADER_BYTES", 16 * 2**20))
-    if pixel_at is None:
-        cap = len(head)  # no pixel data: parse_dicom will say so
-    else:
-        ds = pydicom.filereader.read_dataset(io.BytesIO(head[:pixel_at]), False, True)
-        tag = struct.unpack_from("<HH", head, pixel_at)
-        image = _image(ds, (tag[0] << 16) | tag[1], str(ds.get("SOPClassUID", "")))
-        implied = _implied_bytes(ds, image, (tag[0] << 16) | tag[1])
-        cap = pixel_at + 12 + implied + 1 + TRAILER_ALLOWANCE
-        if implied > limit("ARCHIVE_MAX_DECODED_BYTES", 1024 ** 3):
-            raise InvalidDicom(f"image attributes imply {implied // 2**20} MB of pixel data, more than the limit",
-                               OUT_OF_RESOURCES)
-    del head
-    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    out.seek(0)
-    out.truncate()
-    out.write(b"\x00" * 128 + b"DICM")
-    write_meta = DicomFileLike(out)
-    write_meta.is_little_endian, write_meta.is_implicit_VR = True, False
-    pydicom.filewriter.write_file_meta_info(write_meta, meta, enforce_standard=True)
-    written = out.tell()
-    return written + _inflate(src, start, size, cap=cap, out=out)
-
-
-def _skip_preamble(fp: BinaryIO) -> BinaryIO:
-    fp.seek(132)
-    return fp
-
-
-def _inflate_header(src: BinaryIO, start: int, size: int, header_cap: int) -> tuple[bytes, int | None]:
-    """Inflate just enough of the data set to reach its pixel data element (in doubling steps, at
-    most ``header_cap`` bytes): (the inflated bytes, the element's offset in them or None)."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    src.seek(start)
-    remaining, pending, head, target = size - start, b"", bytearray(), 64 * 1024
-    try:
-        while True:
-            while len(head) < target and not inflater.eof:
-                if not pending:
-                    if remaining <= 0:
-                        break
-                    pending = src.read(min(INFLATE_CHUNK, remaining))
-                    remaining -= len(pending)
-                head += inflater.decompress(pending, target - len(head))
-                pending = inflater.unconsumed_tail
-            ended = inflater.eof or (remaining <= 0 and not pending)
-            try:
-                pixel_at = dicomwalk.find_pixel_element(head, len(head), **_walk_limits())
-                if pixel_at is not None or ended:
-                    return bytes(head), pixel_at
-            except dicomwalk.Truncated:
-                if ended:
-                    raise InvalidDicom("deflated data set is truncated before its pixel data") from None
-            if target >= header_cap:
-                raise InvalidDicom(
-                    f"deflated data set's header is larger than the limit of {header_cap // 2**20} MB",
-                    OUT_OF_RESOURCES,
-                )
-            target = min(2 * target, header_cap)
-    except zlib.error as exc:
-        raise InvalidDicom(f"corrupt deflated data set: {exc}") from None
-
-
-def _inflate(src: BinaryIO, start: int, size: int, *, cap: int, out: BinaryIO) -> int:
-    """Inflate the raw-deflate stream from ``start`` into ``out``, streamed; return the byte count.
-    Refuses (and stops) as soon as more than ``cap`` bytes come out."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    total = 0
-    src.seek(start)
-    remaining = size - start
-    pending = b""
-    try:
-        while not inflater.eof:
-            if not pending:
-                if remaining <= 0:
-                    break
-                pending = src.read(min(INFLATE_CHUNK, remaining))
-                remaining -= len(pending)
-            chunk = inflater.decompress(pending, min(INFLATE_CHUNK, cap + 1 - total))
-            pending = inflater.unconsumed_tail
-            total += len(chunk)
-            if total > cap:
-                raise InvalidDicom(
-                    f"deflated data set inflates past the {cap} bytes its image attributes imply "
-                    "(decompression bomb?)", OUT_OF_RESOURCES,
-                )
-            out.write(chunk)
-    except zlib.error as exc:
-        raise InvalidDicom(f"corrupt deflated data set: {exc}") from None
-    if not inflater.eof:
-        raise InvalidDicom("deflated data set is truncated (the deflate stream does not end)")
-    if inflater.unused_data or pending or remaining > 0:
-        raise InvalidDicom("bytes trail after the deflated data set")
-    return total
 
 
 def _int(ds, keyword: str) -> int | None:

@@ -34,10 +34,9 @@ from .dicomfile import (
     PROCESSING_FAILURE,
     InvalidDicom,
     ParsedDicom,
-    inflate_deflated,
-    is_deflated,
     parse_dicom,
 )
+from .deflated import inflate_deflated, is_deflated
 from . import quarantine
 from .identity import IdentityMismatch, check_identity
 from .models import Instance, ReviewStatus, Series, Study, UploadBatch, UploadItem
