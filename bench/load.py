@@ -178,6 +178,8 @@ class Uploader(FastHttpUser):
     def store_a_batch(self):
         if not self.pending:
             CONFIG["upload_done_at"] = time.perf_counter()
+            if not CONFIG["viewers"]:  # nothing else to measure
+                gevent.spawn(self.environment.runner.quit)
             raise StopUser()
         CONFIG.setdefault("upload_started_at", time.perf_counter())
         batch, self.pending = self.pending[: CONFIG["stow_batch"]], self.pending[CONFIG["stow_batch"]:]
@@ -230,7 +232,7 @@ def main() -> None:
               f"(WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', '3')}, WEB_THREADS={os.environ.get('WEB_THREADS', '4')})")
 
         CONFIG.update(viewer_tokens=list(tokens["viewers"]), uploader_token=tokens["uploader"],
-                      upload_paths=upload_paths, stow_batch=args.stow_batch)
+                      upload_paths=upload_paths, stow_batch=args.stow_batch, viewers=args.viewers)
         environment = Environment(user_classes=[Viewer, Uploader], host=base, events=events)
         runner = environment.create_local_runner()
         runner.start(args.viewers + 1, spawn_rate=args.viewers + 1)
