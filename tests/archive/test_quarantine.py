@@ -117,6 +117,14 @@ def test_a_zip_for_a_signed_off_study_is_quarantined_too(client, cast, signed_of
     assert QuarantinedInstance.objects.filter(state="held").count() == 2 and Instance.objects.count() == 4
 
 
+def test_an_upload_of_a_held_and_a_refused_file_is_not_called_all_refused(client, cast, signed_off):
+    client.force_login(cast.admin)
+    _, response = upload(client, ("late.dcm", slice_bytes(0)), ("notes.dcm", b"not a DICOM file at all"))
+
+    assert response.status_code == 200
+    assert [r["outcome"] for r in response.json()["results"]] == ["quarantined", "rejected"]
+
+
 def test_stow_to_a_signed_off_study_answers_202_with_the_reason_and_stores_nothing(client, cast, signed_off, archive_dir):
     response = stow(client, cast.admin, slice_bytes(0), study_uid=signed_off.study_uid)
 

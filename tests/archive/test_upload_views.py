@@ -59,7 +59,7 @@ def test_an_admin_uploads_a_series_and_sees_each_outcome(admin_client, cast, dja
     assert "not a DICOM file" in response.json()["results"][2]["reason"]
     assert [r["outcome"] for r in again.json()["results"]] == ["duplicate", "stored"]
     summary = finish.json()
-    assert summary["counts"] == {"stored": 3, "duplicate": 1, "rejected": 1, "skipped": 0}
+    assert summary["counts"] == {"stored": 3, "duplicate": 1, "rejected": 1, "skipped": 0, "quarantined": 0}
     assert summary["studies"] == [{
         "study_uid": Study.objects.get().study_uid, "patient": "Doe, Jane", "patient_id": "PAT-1",
         "study_date": "2026-01-02", "description": "CT CHEST",

@@ -186,7 +186,7 @@ def test_a_mask_is_stored_cropped_to_what_was_painted(radiologist_client, study,
 def test_mean_hu_on_a_synthesised_gap_slice_is_interpolated(radiologist_client, cast, model):
     from .conftest import ingest
 
-    study = ingest(cast, indices=[0, 1, 3, 4], series="gap", study="gap")  # slice 2 is missing
+    study = ingest(cast, indices=[0, 1, 3, 4], series="gap-ct", study="gap")  # slice 2 is missing
     f = ai_finding(study, model)
 
     response = act(radiologist_client, study, base_revision=0, action="mask", finding_id=f.pk,

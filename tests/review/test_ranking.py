@@ -49,7 +49,7 @@ def worklist_rows(client, **query) -> list[tuple[str, str, str]]:
         cell = re.search(r'<td class="num priority">(.*?)</td>', row, re.S).group(1)
         rank = re.search(r'<span class="rank">(.*?)</span>', cell)
         why = re.search(r'<span class="muted small why">(.*?)</span>', cell)
-        patient = re.findall(r"<td>([^<]*)</td>", row)[0]
+        patient = re.findall(r"<td><bdi>([^<]*)</bdi></td>", row)[0]  # the Patient ID cell
         rows.append((patient, rank.group(1) if rank else "", why.group(1) if why else ""))
     return rows
 

@@ -42,7 +42,8 @@ def assign(study, user):
 
 
 def row_html(html: str, patient_id: str) -> str:
-    return next(r for r in re.findall(r'<tr class="study-row".*?</tr>', html, re.S) if f"<td>{patient_id}</td>" in r)
+    # DICOM text is shown in its own bidi isolate: <td><bdi>ID</bdi></td>
+    return next(r for r in re.findall(r'<tr class="study-row".*?</tr>', html, re.S) if f"<td><bdi>{patient_id}</bdi></td>" in r)
 
 
 def test_each_row_shows_the_review_columns_and_opens_the_viewer(radiologist_client, cast, worklist):
@@ -55,24 +56,30 @@ def test_each_row_shows_the_review_columns_and_opens_the_viewer(radiologist_clie
         assert f">{header}</a>" in html
     ann = row_html(html, "P-ANN")
     assert f'href="/studies/{worklist["ann"].study_uid}/view/"' in ann and "Ann, Test" in ann
-    assert "2025-01-05" in ann and "<td>CT</td>" in ann and "AI ready" in ann
+    assert "2025-01-05" in ann and "<td><bdi>CT</bdi></td>" in ann and "AI ready" in ann
     assert '<td class="num ai-findings">2</td>' in ann and "9.0 mm" in ann
     assert '<td class="num uncertainty">0.10</td>' in ann
-    assert '<td class="assignee">ravi-radiologist</td>' in ann and "Unreviewed" in ann
-    assert '<td class="assignee">—</td>' in row_html(html, "P-BOB")
+    assert '<td class="assignee"><bdi>ravi-radiologist</bdi></td>' in ann and "Unreviewed" in ann
+    assert '<td class="assignee"><bdi>—</bdi></td>' in row_html(html, "P-BOB")
     assert "Signed off" in row_html(html, "P-EVE")
     assert 'id="next-case" href="/next/"' in html
 
 
-def test_the_page_costs_the_same_queries_for_more_rows(radiologist_client, cast, model, worklist, django_assert_max_num_queries):
-    with django_assert_max_num_queries(12):
+def test_the_page_costs_the_same_queries_for_more_rows(radiologist_client, cast, model, worklist):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    radiologist_client.get(reverse("archive:study_list"))  # the session's first-request writes are done
+    with CaptureQueriesContext(connection) as five_rows:
         radiologist_client.get(reverse("archive:study_list"))
     for i in range(4):
         s = ingest(cast, indices=range(2), study=f"more-{i}", series=f"more-se-{i}", patient_id=f"M{i}")
         ai_finding(s, model)
         assign(s, cast.radiologist)
-    with django_assert_max_num_queries(12):
+    with CaptureQueriesContext(connection) as nine_rows:
         assert len(listed(radiologist_client.get(reverse("archive:study_list")))) == 9
+    # a fixed number of queries per page (the read's audit entry included), whatever its length
+    assert len(nine_rows) == len(five_rows) <= 20
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -157,9 +164,9 @@ def test_next_case_order(client, cast, worklist):
 
 
 def test_next_case_ties_go_to_the_most_uncertain_then_the_oldest(client, cast, model):
-    a = ingest(cast, indices=range(2), study="t-a", series="t-a", patient_id="T-A")
-    b = ingest(cast, indices=range(2), study="t-b", series="t-b", patient_id="T-B")
-    c = ingest(cast, indices=range(2), study="t-c", series="t-c", patient_id="T-C")
+    a = ingest(cast, indices=range(2), study="t-a", series="t-a-ct", patient_id="T-A")
+    b = ingest(cast, indices=range(2), study="t-b", series="t-b-ct", patient_id="T-B")
+    c = ingest(cast, indices=range(2), study="t-c", series="t-c-ct", patient_id="T-C")
     Study.objects.update(ai_status=AIStatus.AI_READY)
     ai_finding(a, model, diameter_mm=6.0, uncertainty=0.2)
     ai_finding(b, model, diameter_mm=6.0, uncertainty=0.6)
@@ -167,7 +174,7 @@ def test_next_case_ties_go_to_the_most_uncertain_then_the_oldest(client, cast, m
 
     assert client.get(f"{API}/next/").json() == {"study_uid": b.study_uid, "url": f"/studies/{b.study_uid}/view/"}
     Study.objects.filter(pk__in=[a.pk, b.pk]).update(review_status=ReviewStatus.SIGNED_OFF)
-    d = ingest(cast, indices=range(2), study="t-d", series="t-d", patient_id="T-D")
+    d = ingest(cast, indices=range(2), study="t-d", series="t-d-ct", patient_id="T-D")
     Study.objects.filter(pk=d.pk).update(ai_status=AIStatus.AI_READY)
     assert client.get(f"{API}/next/").json()["study_uid"] == c.study_uid  # uploaded before d
 

@@ -186,7 +186,7 @@ def upload_batch_files(request, batch_id: int):
         batch, [(name or f.name, f) for name, f in zip(names, files)], actor=request.user, request=request
     )
     body = {"results": [o.as_dict() for o in outcomes]}
-    kept = {services.Outcome.STORED, services.Outcome.DUPLICATE}
+    kept = {services.Outcome.STORED, services.Outcome.DUPLICATE, services.Outcome.QUARANTINED}  # held: not refused
     if any(o.outcome == services.Outcome.REJECTED for o in outcomes) and not any(o.outcome in kept for o in outcomes):
         # Nothing of the request could be stored: a client error, with each file's reason in the body.
         body["error"] = "Every file of this request was refused; see each file's reason."
