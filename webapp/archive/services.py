@@ -447,7 +447,7 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
         return _duplicate_or_conflict(existing, sha256, outcome)
     relpath = f"{parsed.study_uid}/{parsed.series_uid}/{parsed.sop_uid}.dcm"
     storage = archive_storage()
-    placed = False
+    placed = committing = False
     try:
         with transaction.atomic():
             study, study_created = _study_for(parsed)
@@ -479,6 +479,7 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
             # so no other request can own this path while we may still have to remove it.
             placed = True
             storage.commit_incoming(tmp_path, relpath)
+            committing = True  # an error from here on is the COMMIT's: it may have happened (connection lost)
     except IdentityMismatch as exc:
         # The sender is told which attributes differ, never the stored values; admins get the ids.
         log.warning("identity mismatch: instance %s for study %s (%s)", parsed.sop_uid, parsed.study_uid, ", ".join(exc.fields))
@@ -495,7 +496,10 @@ def _store(parsed: ParsedDicom, tmp_path: str, name: str, size: int, sha256: str
             raise
         return _duplicate_or_conflict(existing, sha256, outcome)
     except BaseException:
-        if placed:
+        # Remove our file only when the row surely did not commit: deleting it after a commit whose answer
+        # was lost (database restarted) would leave a row without its file; a stray file is harmless
+        # (the client's retry stores the row or finds it).
+        if placed and not committing:
             storage.delete(relpath)
         raise
     return outcome(Outcome.STORED, series_id=series.pk, instance_id=instance.pk)
