@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -131,7 +132,7 @@ def main() -> None:
 
         setup_test_environment()
         ensure_role_groups()
-        admin, _ = ensure_user("bench-admin", "bench-password-1", "admin")
+        admin, _ = ensure_user("bench-admin", secrets.token_urlsafe(18), "admin")  # logs in by force_login
         t0 = time.perf_counter()
         load_studies(args.studies, args.slices)
         print(f"stored {args.studies} studies x {args.slices} slices in {time.perf_counter() - t0:.1f} s")
