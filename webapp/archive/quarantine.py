@@ -44,9 +44,9 @@ def quarantine_root() -> Path:
     return Path(root)
 
 
-def reason_for(study: Study) -> str:
-    return (f"quarantined: study {study.study_uid} was signed off; this instance is held for an administrator "
-            "to review and was not added to the study")
+def reason_for(study: Study) -> str:  # noqa: ARG001 (the sender knows the study; nothing else is told)
+    return ("quarantined: the study was signed off; this instance is held for an administrator to review "
+            "and was not added to the study")
 
 
 def hold(study: Study, parsed, tmp_path: str, name: str, size: int, sha256: str,
@@ -108,8 +108,8 @@ def release(item_id: int, *, actor, request=None) -> dict:
             result = reopen_for_new_images(
                 study, actor, request=request,
                 reason=f"quarantined instance {item.pk} released into the study (series {item.series_uid})",
-                notice=(f"Reopened on {when}: {actor.get_username()} added an image that arrived after sign-off "
-                        f"(series {item.series_uid}). Review it and sign off again."),
+                notice=(f"Reopened on {when}: {actor.get_username()} added an image that arrived after sign-off. "
+                        "Review it and sign off again."),
             )
             stored = services._store(parsed, tmp_path, item.file_name, item.file_size, item.sha256)
             if stored.outcome not in (services.Outcome.STORED, services.Outcome.DUPLICATE):
@@ -119,7 +119,8 @@ def release(item_id: int, *, actor, request=None) -> dict:
         finally:
             Path(tmp_path).unlink(missing_ok=True)
         item.state, item.decided_by, item.decided_at = State.RELEASED, actor, timezone.now()
-        item.decision_note = f"stored as {stored.outcome}"
+        item.decision_note = ("added to the study" if stored.outcome == services.Outcome.STORED
+                              else "the study already held this instance")
         item.save(update_fields=["state", "decided_by", "decided_at", "decision_note"])
         audit(actor, "archive.quarantine.released", obj=item, request=request,
               details={"study": item.study_uid, "sop_uid": item.sop_uid, "outcome": stored.outcome,
