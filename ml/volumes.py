@@ -243,6 +243,28 @@ def _describe_difference(key: tuple, majority: tuple) -> str:
     return "differs from the series: " + ", ".join(parts)
 
 
+def _slice_spacing(steps: np.ndarray, heights: np.ndarray, max_slices: int) -> tuple[float, np.ndarray]:
+    """The slice spacing (mm) and each step as a whole number of spacings. The median step is the
+    spacing; when that leaves steps off the grid (half the slices missing, say), the smallest step
+    is tried. Raises SeriesError for irregular steps or a grid of more than ``max_slices``."""
+    error = None
+    for spacing in dict.fromkeys([float(np.median(steps)), float(steps.min())]):
+        ratios = steps / spacing
+        n_total = float(np.rint(ratios).sum()) + 1
+        if n_total > max_slices:
+            error = error or SeriesError(
+                f"the slice positions span {n_total:.0f} slices of {spacing:.3g} mm; at most {max_slices} are built "
+                f"(positions from {heights[0]:.1f} to {heights[-1]:.1f} mm along the slice normal)"
+            )
+            continue
+        n_steps = np.rint(ratios).astype(int)
+        if np.any(np.abs(steps - n_steps * spacing) > IRREGULAR_TOLERANCE * spacing) or np.any(n_steps < 1):
+            error = error or SeriesError(f"irregular slice positions (steps {np.round(steps, 3).tolist()} mm)")
+            continue
+        return spacing, n_steps
+    raise error
+
+
 def plan_grid(slices: list[SliceGeometry], *, max_slices: int = MAX_SLICES, max_voxels: int = MAX_VOXELS) -> GridPlan:
     """The regular slice grid formed by ``slices`` (see the module docstring for the rules).
 
@@ -299,17 +321,7 @@ def plan_grid(slices: list[SliceGeometry], *, max_slices: int = MAX_SLICES, max_
         z_index = np.zeros(1, dtype=int)
     else:
         steps = np.diff(heights)
-        spacing = float(np.median(steps))
-        ratios = steps / spacing
-        n_total = float(np.rint(ratios).sum()) + 1
-        if n_total > max_slices:
-            raise SeriesError(
-                f"the slice positions span {n_total:.0f} slices of {spacing:.3g} mm; at most {max_slices} are built "
-                f"(positions from {heights[0]:.1f} to {heights[-1]:.1f} mm along the slice normal)"
-            )
-        n_steps = np.rint(ratios).astype(int)
-        if np.any(np.abs(steps - n_steps * spacing) > IRREGULAR_TOLERANCE * spacing) or np.any(n_steps < 1):
-            raise SeriesError(f"irregular slice positions (steps {np.round(steps, 3).tolist()} mm)")
+        spacing, n_steps = _slice_spacing(steps, heights, max_slices)
         gaps_filled = int((n_steps - 1).sum())
         if gaps_filled > len(kept):
             raise SeriesError(

@@ -264,3 +264,13 @@ def test_a_deflated_ct_series_is_read(tmp_path):
     assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     volume, report = load_series(paths)
     np.testing.assert_array_equal(volume.hu, hu)
+
+
+def test_a_series_missing_a_third_of_its_slices_keeps_its_true_spacing():
+    hu = ramp((6, 3, 3))
+    series = make_series(hu)
+    kept = [series[i] for i in (0, 1, 3, 5)]     # steps 2, 4, 4 mm: the median (4 mm) is not the spacing
+    volume, report = load_series(kept)
+    assert volume.spacing_zyx_mm[0] == pytest.approx(2.0) and volume.shape == (6, 3, 3)
+    np.testing.assert_allclose(volume.hu, hu, atol=1e-4)   # a linear ramp: interpolation is exact
+    assert report.gaps_filled == 2
