@@ -646,16 +646,14 @@ def prepare_series(series_id: int) -> Series:
         ordered = instances
     if warnings:
         log.warning("series %s geometry: %s", series.pk, " ".join(warnings))
+    # The flags are kept even when the thumbnail below cannot be rendered (the caller sees that error).
+    Series.objects.filter(pk=series.pk).update(**fields)
     middle = ordered[len(ordered) // 2]
     storage = archive_storage()
-    try:
-        png = thumbnail_png(storage.path(middle.file_path))
-    except Exception as exc:  # noqa: BLE001 - stored images are untrusted: the flags are kept, the thumbnail is not
-        log.warning("series %s: no thumbnail (%s: %s)", series.pk, type(exc).__name__, exc)
-    else:
-        fields["thumbnail"] = f"thumbnails/{series.series_uid}.png"
-        storage.save(fields["thumbnail"], ContentFile(png))
-    Series.objects.filter(pk=series.pk).update(prepared_at=timezone.now(), **fields)
+    png = thumbnail_png(storage.path(middle.file_path))
+    thumb_name = f"thumbnails/{series.series_uid}.png"
+    storage.save(thumb_name, ContentFile(png))
+    Series.objects.filter(pk=series.pk).update(thumbnail=thumb_name, prepared_at=timezone.now())
     series.refresh_from_db()
     return series
 
