@@ -36,8 +36,8 @@ def has_role(user: AbstractBaseUser | AnonymousUser, *roles: str) -> bool:
     return bool(names.intersection(roles))
 
 
-# Role and token look-ups are cached briefly per process: a viewer makes hundreds of requests a
-# minute. A role change or token revocation reaches other processes within this many seconds.
+# Role look-ups are cached briefly per process: a viewer makes hundreds of requests a minute. A role
+# change reaches other processes within this many seconds (API tokens are not cached: see user_for_token).
 ROLE_CACHE_SECONDS = 30
 
 
@@ -78,8 +78,9 @@ def audit(
     details: dict | None = None,
     request: HttpRequest | None = None,
 ) -> AuditEvent:
-    """Append one event to the audit log.
+    """Append one event to the audit log (chained to the previous one: see AuditEvent.save).
 
+    Call it last in a transaction: the entry holds the chain head's row lock until the commit.
     ``obj`` may be any model instance with an ``audit_ref()`` method returning (type, id);
     otherwise pass ``object_type``/``object_id`` explicitly.
     """
