@@ -150,6 +150,8 @@ def _inflate(src: BinaryIO, start: int, size: int, *, cap: int, out: BinaryIO) -
         raise InvalidDicom(f"corrupt deflated data set: {exc}") from None
     if not inflater.eof:
         raise InvalidDicom("deflated data set is truncated (the deflate stream does not end)")
-    if inflater.unused_data or pending or remaining > 0:
+    trailing = inflater.unused_data + pending + (src.read(min(remaining, 2)) if remaining > 0 else b"")
+    # PS3.5 A.5: an odd-length deflate stream is padded with one 0x00 byte (pydicom and dcmtk write it).
+    if trailing and trailing != b"\x00":
         raise InvalidDicom("bytes trail after the deflated data set")
     return total
