@@ -126,6 +126,9 @@ elif not SECRET_KEY:
     SECRET_KEY = key_file.read_text().strip()
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
+# Behind the nginx of deploy/ (production): the client address comes from X-Real-IP, which that
+# nginx sets from the connection (a client cannot forge it); without a proxy, from the socket.
+BEHIND_PROXY = envbool("BEHIND_PROXY", PRODUCTION)
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 CSRF_FAILURE_VIEW = "webapp.dicomweb.errors.csrf_failure"  # JSON 403 under /dicomweb/, the usual page elsewhere
 

@@ -123,12 +123,13 @@ function takeCase(review) {
   $('#case-status').className = `badge review-${review.case.review_status}`;
   $('#case-comment').value = review.case.comment || '';
   state.reviewSeries = review.series || [];
+  showCaseNotice(review.case.notice);
   showGeometryWarnings(state.series.seriesUid);
   if (state.seriesList.length) renderSeriesBar(state.series.seriesUid);
   state.findings = review.findings
     .filter((f) => f.series_uid === state.series.seriesUid)
     .map((f) => ({ ...f, server: JSON.parse(JSON.stringify(f)) }));
-  $('#findings-note').textContent = state.findings.length ? '' : 'No findings for this series yet.';
+  $('#findings-note').textContent = ''; // the list itself says when there are none
   queue = new SaveQueue({
     url: `${config.reviewApi}actions/`,
     storageKey: `radloop.queue.${config.studyUid}.${config.user}`,
@@ -266,6 +267,14 @@ function showGeometryWarnings(seriesUid) {
   el.replaceChildren(...(warnings.length ? [h('strong', {}, 'Geometry: '),
     ...warnings.flatMap((w, i) => [i ? ' · ' : '', isolated(w)])] : []));
   el.hidden = !warnings.length;
+}
+
+// Why the case was reopened (late images released from quarantine, an admin's reason): as text.
+function showCaseNotice(notice) {
+  const el = $('#case-notice');
+  const text = typeof notice === 'string' ? notice : '';
+  el.replaceChildren(...(text ? [h('strong', {}, 'Notice: '), isolated(text)] : []));
+  el.hidden = !text;
 }
 
 function toggleHelp(show) {

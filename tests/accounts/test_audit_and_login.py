@@ -46,3 +46,15 @@ def test_admins_read_the_audit_log_and_radiologists_cannot(client, cast):
 
 def test_the_health_check_needs_no_login(client, db):
     assert client.get(reverse("healthz")).json() == {"status": "ok"}
+
+
+def test_behind_our_proxy_the_audit_log_records_the_client_not_the_proxy(settings, rf):
+    from webapp.accounts.services import client_ip
+
+    request = rf.get("/studies/", REMOTE_ADDR="127.0.0.1", HTTP_X_REAL_IP="10.20.30.40")
+    settings.BEHIND_PROXY = False
+    assert client_ip(request) == "127.0.0.1"  # no proxy: the header is the client's word, ignored
+    settings.BEHIND_PROXY = True
+    assert client_ip(request) == "10.20.30.40"
+    forged = rf.get("/studies/", REMOTE_ADDR="127.0.0.1", HTTP_X_REAL_IP="<script>")
+    assert client_ip(forged) == "127.0.0.1"

@@ -44,3 +44,8 @@ def test_an_admin_releases_a_quarantined_instance_and_the_reader_is_told(page, c
     notice = page.locator(".case-notice")
     assert "added an image that arrived after sign-off" in notice.inner_text()
     screenshot(page, "worklist-case-notice")
+
+    page.goto(f"/studies/{study.study_uid}/view/")
+    strip = page.wait_for_selector("#case-notice:not([hidden])", timeout=60_000)
+    assert "added an image that arrived after sign-off" in strip.inner_text()
+    screenshot(page, "viewer-case-notice")

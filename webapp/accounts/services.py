@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, User
 from django.core.cache import cache
 from django.db import transaction
@@ -63,8 +65,15 @@ def can_read_studies(user) -> bool:
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
+    """The client's address for the audit log: X-Real-IP from our own proxy when BEHIND_PROXY."""
     if request is None:
         return None
+    if settings.BEHIND_PROXY:
+        forwarded = request.META.get("HTTP_X_REAL_IP", "").strip()
+        try:
+            return str(ipaddress.ip_address(forwarded))
+        except ValueError:
+            pass
     return request.META.get("REMOTE_ADDR") or None
 
 

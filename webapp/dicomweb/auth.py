@@ -43,7 +43,7 @@ def dicomweb_view(*, store: bool = False):
                 scheme, _, key = header.partition(" ")
                 user = user_for_token(key.strip()) if scheme.lower() == "bearer" else None
                 if user is None:
-                    return _unauthorized("invalid or revoked token")
+                    return _unauthorized("invalid, expired or revoked token")
                 request.user = user
                 request.dicomweb_auth = "token"
             elif request.user.is_authenticated:
