@@ -32,22 +32,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import ingest as ingest_bench  # noqa: E402
 
 OHIF = {"limit": "101", "offset": "0", "fuzzymatching": "false", "includefield": "00081030,00080060"}
 ALL = {"limit": "101", "includefield": "all"}
 
 
-def setup_django(workdir: Path) -> None:
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
-    os.environ["RADLOOP_VAR_DIR"] = str(workdir / "var")
-    os.environ["MEDIA_ROOT"] = str(workdir / "media")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
+setup_django = ingest_bench.setup_django  # the same throw-away database and archive as bench/ingest.py
 
 
 def load_studies(studies: int, slices: int) -> None:
