@@ -23,7 +23,9 @@ HOST = "radloop.example.org"
 def _base_env(tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in {"DEPLOYMENT", "SECRET_KEY", "SECRET_KEY_FILE", "ALLOWED_HOSTS", "DEBUG", "DICOMWEB_BASE_URL",
-                        "RADLOOP_UMASK", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
+                        "RADLOOP_UMASK", "REDIS_URL", "DJANGO_SETTINGS_MODULE",
+                        # set by tests/browser/conftest.py for Playwright; no server process has it
+                        "DJANGO_ALLOW_ASYNC_UNSAFE"}}
     env.update(RADLOOP_VAR_DIR=str(tmp_path / "var"), MEDIA_ROOT=str(tmp_path / "media"), PYTHONUNBUFFERED="1")
     return env
 
