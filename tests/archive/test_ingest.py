@@ -340,3 +340,13 @@ def test_an_upload_batch_ends_its_series_at_once(batch, django_capture_on_commit
     with django_capture_on_commit_callbacks(execute=True):
         services.finish_batch(batch)
     assert sent == [("workers.prepare_series", (Series.objects.get().pk,), {})]
+
+
+def test_a_multi_valued_name_is_stored_with_dicoms_separator(batch):
+    ds = ct_slice(index=1)
+    ds.PatientName = ["Doe^Jane", "Roe^Janet"]  # two values (an alias), as some RIS send
+    ds.InstitutionName = "General Hospital"
+    outcome = ingest(batch, to_bytes(ds))
+    assert outcome.outcome == "stored", outcome.reason
+    study = Study.objects.get()
+    assert study.patient_name == "Doe^Jane\\Roe^Janet"  # not Python's "['Doe^Jane', 'Roe^Janet']"

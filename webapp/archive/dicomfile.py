@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 import pydicom
 from django.conf import settings
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID
 
@@ -375,6 +376,8 @@ def _str(ds, keyword: str, max_length: int) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
+    if isinstance(value, MultiValue):  # several values: DICOM's own separator, not Python's list text
+        value = "\\".join(str(v) for v in value)
     return str(value).strip().replace("\x00", "")[:max_length]
 
 
